@@ -1,0 +1,1 @@
+# Sources of src/audit/ (added to aoai_core).

@@ -1,0 +1,1 @@
+# Sources of src/limit/ (added to aoai_core).

@@ -1,0 +1,1 @@
+# Sources of src/obs/ (added to aoai_core).

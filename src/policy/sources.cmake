@@ -1,0 +1,1 @@
+# Sources of src/policy/ (added to aoai_core).

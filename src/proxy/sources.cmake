@@ -1,0 +1,1 @@
+# Sources of src/proxy/ (added to aoai_core).

@@ -1,0 +1,1 @@
+# Sources of src/server/ (added to aoai_core).

@@ -1,0 +1,227 @@
+/* Strict JSON parsing: a pre-scan over the raw bytes, cJSON, then a walk for duplicate keys. */
+#include "aoai_guard/json_strict.h"
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *ag_json_status_str(ag_json_status status)
+{
+    switch (status) {
+    case AG_JSON_OK: return "ok";
+    case AG_JSON_EMPTY: return "empty document";
+    case AG_JSON_SYNTAX: return "invalid JSON";
+    case AG_JSON_TRAILING: return "trailing bytes after the JSON value";
+    case AG_JSON_BAD_UTF8: return "invalid UTF-8";
+    case AG_JSON_CONTROL_CHAR: return "unescaped control character in a string";
+    case AG_JSON_NUL_ESCAPE: return "\\u0000 in a string";
+    case AG_JSON_DUP_KEY: return "duplicate key";
+    case AG_JSON_TOO_DEEP: return "nesting too deep";
+    case AG_JSON_TOO_MANY_NODES: return "too many JSON values";
+    case AG_JSON_BAD_NUMBER: return "number out of range";
+    }
+    return "unknown";
+}
+
+size_t ag_utf8_valid_prefix(const unsigned char *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t need;
+        unsigned int cp;
+        if (c >= 0xC2 && c <= 0xDF) {
+            need = 1;
+            cp = c & 0x1F;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            need = 2;
+            cp = c & 0x0F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            need = 3;
+            cp = c & 0x07;
+        } else {
+            return i;
+        }
+        for (size_t k = 1; k <= need; k++) {
+            if (i + k >= len || (s[i + k] & 0xC0) != 0x80)
+                return i;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if ((need == 2 && cp < 0x800) || (need == 3 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+            (cp >= 0xD800 && cp <= 0xDFFF))
+            return i;
+        i += need + 1;
+    }
+    return len;
+}
+
+static bool is_ws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* One pass over the raw bytes: string contents, escapes, depth and a value count. */
+static ag_json_status prescan(const char *buf, size_t len, const ag_json_limits *lim, size_t *off)
+{
+    int depth = 0;
+    size_t nodes = 0;
+    bool in_string = false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)buf[i];
+        if (in_string) {
+            if (c == '"') {
+                in_string = false;
+            } else if (c == '\\') {
+                if (i + 1 >= len)
+                    break; /* cJSON reports the syntax error */
+                if (buf[i + 1] == 'u' && i + 5 < len && memcmp(buf + i + 2, "0000", 4) == 0) {
+                    *off = i;
+                    return AG_JSON_NUL_ESCAPE;
+                }
+                i++;
+            } else if (c < 0x20) {
+                *off = i;
+                return AG_JSON_CONTROL_CHAR;
+            }
+            continue;
+        }
+        switch (c) {
+        case '"':
+            in_string = true;
+            nodes++;
+            break;
+        case '{':
+        case '[':
+            if (++depth > lim->max_depth) {
+                *off = i;
+                return AG_JSON_TOO_DEEP;
+            }
+            nodes++;
+            break;
+        case '}':
+        case ']':
+            depth--;
+            break;
+        case ',':
+            nodes++;
+            break;
+        default:
+            break;
+        }
+        if (nodes > lim->max_nodes * 2 + 1) {
+            *off = i;
+            return AG_JSON_TOO_MANY_NODES;
+        }
+    }
+    return AG_JSON_OK;
+}
+
+static int cmp_keys(const void *a, const void *b)
+{
+    const cJSON *x = *(const cJSON *const *)a, *y = *(const cJSON *const *)b;
+    return strcmp(x->string, y->string);
+}
+
+/* Walks the tree: duplicate keys, non-finite numbers, node count. */
+static ag_json_status walk(const cJSON *node, size_t *nodes, size_t max_nodes)
+{
+    if (++*nodes > max_nodes)
+        return AG_JSON_TOO_MANY_NODES;
+    if (cJSON_IsNumber(node) && !isfinite(node->valuedouble))
+        return AG_JSON_BAD_NUMBER;
+    if (cJSON_IsObject(node)) {
+        size_t n = 0;
+        for (const cJSON *c = node->child; c; c = c->next)
+            n++;
+        if (n > 1 && n <= 16) {
+            for (const cJSON *c = node->child; c; c = c->next)
+                for (const cJSON *d = c->next; d; d = d->next)
+                    if (strcmp(c->string, d->string) == 0)
+                        return AG_JSON_DUP_KEY;
+        } else if (n > 16) {
+            const cJSON **v = malloc(n * sizeof *v);
+            if (!v)
+                return AG_JSON_TOO_MANY_NODES;
+            size_t i = 0;
+            for (const cJSON *c = node->child; c; c = c->next)
+                v[i++] = c;
+            qsort(v, n, sizeof *v, cmp_keys);
+            bool dup = false;
+            for (i = 1; i < n && !dup; i++)
+                dup = strcmp(v[i - 1]->string, v[i]->string) == 0;
+            free(v);
+            if (dup)
+                return AG_JSON_DUP_KEY;
+        }
+    }
+    for (const cJSON *c = node->child; c; c = c->next) {
+        ag_json_status st = walk(c, nodes, max_nodes);
+        if (st != AG_JSON_OK)
+            return st;
+    }
+    return AG_JSON_OK;
+}
+
+cJSON *ag_json_parse_strict(const char *buf, size_t len, const ag_json_limits *limits,
+                            ag_json_status *status, size_t *err_offset)
+{
+    size_t off = 0;
+    ag_json_status st;
+    *status = AG_JSON_OK;
+    if (err_offset)
+        *err_offset = 0;
+
+    size_t first = 0;
+    while (first < len && is_ws(buf[first]))
+        first++;
+    if (first == len) {
+        *status = AG_JSON_EMPTY;
+        return NULL;
+    }
+    size_t good = ag_utf8_valid_prefix((const unsigned char *)buf, len);
+    if (good != len) {
+        st = AG_JSON_BAD_UTF8;
+        off = good;
+        goto fail;
+    }
+    st = prescan(buf, len, limits, &off);
+    if (st != AG_JSON_OK)
+        goto fail;
+
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(buf, len, &end, false);
+    if (!root) {
+        st = AG_JSON_SYNTAX;
+        off = end ? (size_t)(end - buf) : 0;
+        const char *e = cJSON_GetErrorPtr();
+        if (e && e >= buf && e <= buf + len)
+            off = (size_t)(e - buf);
+        goto fail;
+    }
+    size_t pos = end ? (size_t)(end - buf) : len;
+    while (pos < len && is_ws(buf[pos]))
+        pos++;
+    if (pos < len) {
+        cJSON_Delete(root);
+        st = AG_JSON_TRAILING;
+        off = pos;
+        goto fail;
+    }
+    size_t nodes = 0;
+    st = walk(root, &nodes, limits->max_nodes);
+    if (st != AG_JSON_OK) {
+        cJSON_Delete(root);
+        goto fail;
+    }
+    return root;
+fail:
+    *status = st;
+    if (err_offset)
+        *err_offset = off;
+    return NULL;
+}

@@ -1,0 +1,2 @@
+# Sources of src/util/ (added to aoai_core).
+target_sources(aoai_core PRIVATE ${CMAKE_CURRENT_LIST_DIR}/json_strict.c)

@@ -1,0 +1,1 @@
+# Benchmarks: micro-benchmarks and the bench driver smoke.

@@ -1,0 +1,1 @@
+# libFuzzer targets (AG_FUZZ=ON, clang) and their corpus replays.

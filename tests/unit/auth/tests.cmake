@@ -1,0 +1,1 @@
+# Unit tests of src/auth/: ag_unit_test(name source.c ...)

@@ -1,0 +1,1 @@
+# Unit tests of src/server/: ag_unit_test(name source.c ...)

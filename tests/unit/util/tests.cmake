@@ -1,0 +1,1 @@
+# Unit tests of src/util/: ag_unit_test(name source.c ...)

@@ -1,0 +1,34 @@
+/* HTTP/1.1 syntax checks that llhttp does not make (or makes leniently), shared by the inbound
+ * connection and the upstream client. All are pure functions over bytes. */
+#ifndef AOAI_GUARD_HTTP_H
+#define AOAI_GUARD_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* Checks a request line without its CRLF: METHOD SP origin-form SP HTTP/1.x, exactly one SP each,
+ * a token method, a target of visible ASCII starting with '/' (or "*" for OPTIONS), no '#'.
+ * Returns 0 when valid, 400 when malformed, 505 for a well-formed but unsupported version. */
+int ag_http_check_request_line(const char *line, size_t len);
+
+/* True when s[0..n) is a non-empty RFC 9110 token (tchar); '_' is refused when strict. */
+bool ag_http_is_token(const char *s, size_t n, bool allow_underscore);
+
+/* True when the header value has no CR, LF, NUL or other control byte except HTAB. */
+bool ag_http_value_ok(const char *s, size_t n);
+
+/* True for headers that describe one hop and must not be forwarded (RFC 9110 7.6.1 plus the
+ * de-facto ones: Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade,
+ * HTTP2-Settings, Connection). */
+bool ag_http_is_hop_by_hop(const char *name, size_t n);
+
+/* True when the comma-separated header value list contains token (case-insensitive). */
+bool ag_http_list_has(const char *value, size_t n, const char *token);
+
+/* Standard reason phrase for a status code ("OK", "Too Many Requests", ...). */
+const char *ag_http_reason(int status);
+
+/* Case-insensitive equality of s[0..n) and the NUL-terminated lit. */
+bool ag_http_name_is(const char *s, size_t n, const char *lit);
+
+#endif

@@ -1,0 +1,23 @@
+/* What the response says about itself: token usage and the completion text, from a JSON body or
+ * from streamed events, for the chat/completions, completions, embeddings and responses APIs. */
+#ifndef AOAI_GUARD_USAGE_H
+#define AOAI_GUARD_USAGE_H
+
+#include <stddef.h>
+#include <cjson/cJSON.h>
+
+#include "aoai_guard/request.h"
+#include "aoai_guard/sse.h"
+
+/* Reads a "usage" object of either shape (prompt/completion tokens or input/output tokens).
+ * Returns 0 when it found one. */
+int ag_usage_parse(const cJSON *usage, ag_usage *out);
+
+/* Takes usage and completion text from a whole non-streamed JSON response. */
+void ag_usage_from_json_response(ag_request *req, const char *body, size_t len);
+
+/* Takes usage and text deltas from one streamed event (chat/completions chunks or Responses API
+ * typed events). Returns 0. */
+int ag_usage_from_sse_event(ag_request *req, const ag_sse_event *ev);
+
+#endif

@@ -1,0 +1,74 @@
+/* Worker threads: each owns an event_base, its listening sockets (SO_REUSEPORT: the kernel spreads
+ * connections), its client connections, its upstream connection pools and its DNS resolver. Other
+ * threads talk to a worker only through ag_worker_post(); nothing else of a worker is shared. */
+#ifndef AOAI_GUARD_WORKER_H
+#define AOAI_GUARD_WORKER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/queue.h>
+
+#include "aoai_guard/config.h"
+
+struct event_base;
+struct event;
+struct evdns_base;
+struct evconnlistener;
+struct ag_conn;
+struct ag_upstream_set;
+struct ag_runtime;
+struct ag_worker;
+
+typedef void (*ag_worker_fn)(struct ag_worker *w, void *arg);
+
+typedef struct ag_worker_msg {
+    ag_worker_fn fn;
+    void *arg;
+    struct ag_worker_msg *next;
+} ag_worker_msg;
+
+TAILQ_HEAD(ag_conn_list, ag_conn);
+
+typedef struct ag_worker {
+    int index;
+    struct ag_runtime *rt;
+    pthread_t thread;
+    struct event_base *base;
+    struct evdns_base *dns;
+    ag_config *cfg;                       /* current snapshot (a reference) */
+    struct ag_upstream_set *upstreams;    /* pools and health for cfg's upstreams */
+    struct evconnlistener **listeners;    /* one per configured listener */
+    size_t nlisteners;
+    struct ag_conn_list conns;            /* every open client connection */
+    size_t nconns;
+    size_t active_requests;
+    bool draining;                        /* stop accepting; close idle connections */
+
+    pthread_mutex_t qlock;                /* guards qhead/qtail only */
+    ag_worker_msg *qhead, *qtail;
+    struct event *wake;                   /* activated by ag_worker_post */
+    struct event *reap;                   /* frees connections marked for closing */
+    struct ag_conn_list reap_list;
+} ag_worker;
+
+/* Queues fn(w, arg) to run on the worker's thread (thread-safe, never blocks on I/O). */
+int ag_worker_post(ag_worker *w, ag_worker_fn fn, void *arg);
+
+/* Creates the worker's loop and listeners over already-bound sockets fds[nlisteners]. */
+int ag_worker_init(ag_worker *w, struct ag_runtime *rt, int index, ag_config *cfg, const int *fds,
+                   size_t nfds);
+int ag_worker_start(ag_worker *w);
+/* Frees what ag_worker_init created; call after the thread has been joined. */
+void ag_worker_destroy(ag_worker *w);
+
+/* Worker-thread side of reload and drain (run through ag_worker_post). */
+void ag_worker_apply_config(ag_worker *w, void *cfg_ref);
+void ag_worker_begin_drain(ag_worker *w, void *unused);
+void ag_worker_stop(ag_worker *w, void *unused);
+
+/* Called when a connection or request ends, so a draining worker can exit once idle. */
+void ag_worker_check_drained(ag_worker *w);
+
+#endif

@@ -1,0 +1,666 @@
+/* The forward stage and the upstream exchange (see forward.h). */
+#include "aoai_guard/forward.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <llhttp.h>
+
+#include "aoai_guard/clock.h"
+#include "aoai_guard/conn.h"
+#include "aoai_guard/http.h"
+#include "aoai_guard/log.h"
+#include "aoai_guard/sse.h"
+#include "aoai_guard/upstream.h"
+#include "aoai_guard/usage.h"
+#include "aoai_guard/worker.h"
+
+#define MAX_RESPONSE_HEAD (64 * 1024)
+#define MAX_RESPONSE_HEADERS 200
+#define MAX_JSON_KEEP (1024 * 1024)
+#define MAX_SSE_EVENT (1024 * 1024)
+
+typedef enum ex_state {
+    EX_CONNECTING = 0,
+    EX_WAITING,      /* request sent, waiting for the response head */
+    EX_STREAMING,    /* response head sent to the client, body flowing */
+    EX_DISCARDING,   /* a retryable response (429/5xx) being read off before the next attempt */
+} ex_state;
+
+struct ag_exchange {
+    ag_request *req;
+    ag_upstream_set *set;              /* a reference for the exchange's lifetime */
+    int idx;                           /* current upstream */
+    uint64_t tried;                    /* upstreams attempted (bit per index) */
+    bool fresh_retry_used;             /* a stale pooled connection was retried once */
+    ag_connect_req *connecting;
+    ag_upconn *uc;
+    ex_state state;
+    llhttp_t parser;
+    struct event *timer;               /* first byte / idle deadline */
+    /* response head, collected from llhttp callbacks */
+    char *rh;
+    size_t rhlen;
+    uint32_t hname[MAX_RESPONSE_HEADERS][2], hvalue[MAX_RESPONSE_HEADERS][2];
+    size_t nh;
+    bool field_open;
+    bool head_too_big;
+    bool complete;                     /* llhttp saw the end of the response */
+    bool is_sse, is_json;
+    bool paused;                       /* upstream reads paused for a slow client */
+    long long retry_after_ms;
+    size_t resp_bytes;                 /* any response bytes at all from this connection */
+};
+
+static void ex_attempt(ag_exchange *ex);
+static void ex_on_connected(ag_upconn *uc, const char *err, bool timed_out, void *arg);
+
+/* ---- request head ---------------------------------------------------------------------------- */
+
+/* Is header name (n bytes) listed in the client's Connection header? */
+static bool named_in_connection(const ag_request *r, const char *name, size_t n)
+{
+    if (r->h_connection < 0)
+        return false;
+    size_t cl;
+    const char *cv = ag_request_header_value(r, r->h_connection, &cl);
+    char tok[64];
+    if (n >= sizeof tok)
+        return false;
+    memcpy(tok, name, n);
+    tok[n] = '\0';
+    return ag_http_list_has(cv, cl, tok);
+}
+
+static bool drop_request_header(const ag_request *r, const ag_upstream_conf *up, const char *n, size_t nl)
+{
+    if (ag_http_is_hop_by_hop(n, nl) || named_in_connection(r, n, nl))
+        return true;
+    static const char *const drop[] = {
+        "host", "content-length", "expect", "x-request-id", "forwarded", "accept-encoding",
+        "x-real-ip", NULL,
+    };
+    for (int i = 0; drop[i]; i++)
+        if (ag_http_name_is(n, nl, drop[i]))
+            return true;
+    if (nl >= 12 && strncasecmp(n, "x-forwarded-", 12) == 0)
+        return true;
+    if (up->auth != AG_UPSTREAM_AUTH_PASSTHROUGH &&
+        (ag_http_name_is(n, nl, "authorization") || ag_http_name_is(n, nl, "api-key")))
+        return true;
+    return false;
+}
+
+int ag_forward_write_head(const ag_request *r, const ag_upstream_conf *up, size_t body_len,
+                          struct evbuffer *out)
+{
+    evbuffer_add_printf(out, "%s %s HTTP/1.1\r\nHost: %s\r\n", r->method_str, r->target, up->host_header);
+    for (size_t i = 0; i < r->nheaders; i++) {
+        const ag_header *h = &r->headers[i];
+        const char *n = r->hbuf + h->name_off;
+        if (drop_request_header(r, up, n, h->name_len))
+            continue;
+        evbuffer_add(out, n, h->name_len);
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, r->hbuf + h->value_off, h->value_len);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    if (up->auth == AG_UPSTREAM_AUTH_API_KEY)
+        evbuffer_add_printf(out, "api-key: %s\r\n", up->api_key);
+    if (r->cfg->forward_client_ip)
+        evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", r->client_addr);
+    bool has_body = body_len > 0 || strcmp(r->method_str, "POST") == 0 || strcmp(r->method_str, "PUT") == 0 ||
+                    strcmp(r->method_str, "PATCH") == 0;
+    if (has_body)
+        evbuffer_add_printf(out, "Content-Length: %zu\r\n", body_len);
+    evbuffer_add_printf(out, "x-request-id: %s\r\n\r\n", r->id);
+    return 0;
+}
+
+/* ---- response parsing ------------------------------------------------------------------------ */
+
+static ag_exchange *ex_of(llhttp_t *p)
+{
+    return p->data;
+}
+
+static int rh_append(ag_exchange *ex, const char *at, size_t len)
+{
+    if (ex->rhlen + len > MAX_RESPONSE_HEAD) {
+        ex->head_too_big = true;
+        return -1;
+    }
+    memcpy(ex->rh + ex->rhlen, at, len);
+    ex->rhlen += len;
+    return 0;
+}
+
+static int on_resp_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    ag_exchange *ex = ex_of(p);
+    if (ex->state == EX_STREAMING)
+        return 0; /* trailers are not forwarded */
+    if (!ex->field_open) {
+        if (ex->nh == MAX_RESPONSE_HEADERS) {
+            ex->head_too_big = true;
+            return -1;
+        }
+        ex->hname[ex->nh][0] = (uint32_t)ex->rhlen;
+        ex->hname[ex->nh][1] = 0;
+        ex->hvalue[ex->nh][0] = (uint32_t)ex->rhlen;
+        ex->hvalue[ex->nh][1] = 0;
+        ex->nh++;
+        ex->field_open = true;
+    }
+    if (rh_append(ex, at, len))
+        return -1;
+    ex->hname[ex->nh - 1][1] += (uint32_t)len;
+    return 0;
+}
+
+static int on_resp_header_field_complete(llhttp_t *p)
+{
+    ag_exchange *ex = ex_of(p);
+    ex->field_open = false;
+    if (ex->state != EX_STREAMING && ex->nh)
+        ex->hvalue[ex->nh - 1][0] = (uint32_t)ex->rhlen;
+    return 0;
+}
+
+static int on_resp_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    ag_exchange *ex = ex_of(p);
+    if (ex->state == EX_STREAMING)
+        return 0;
+    if (rh_append(ex, at, len))
+        return -1;
+    ex->hvalue[ex->nh - 1][1] += (uint32_t)len;
+    return 0;
+}
+
+static const char *rh_value(ag_exchange *ex, const char *name, size_t *len)
+{
+    for (size_t i = 0; i < ex->nh; i++)
+        if (ag_http_name_is(ex->rh + ex->hname[i][0], ex->hname[i][1], name)) {
+            *len = ex->hvalue[i][1];
+            return ex->rh + ex->hvalue[i][0];
+        }
+    return NULL;
+}
+
+/* retry-after-ms (ms) or retry-after (seconds; an HTTP-date is ignored); -1 when absent. */
+static long long parse_retry_after(ag_exchange *ex)
+{
+    size_t n;
+    const char *v = rh_value(ex, "retry-after-ms", &n);
+    long long scale = 1;
+    if (!v) {
+        v = rh_value(ex, "retry-after", &n);
+        scale = 1000;
+    }
+    if (!v || n == 0 || n > 12)
+        return -1;
+    char tmp[16];
+    memcpy(tmp, v, n);
+    tmp[n] = '\0';
+    char *end;
+    double d = strtod(tmp, &end);
+    if (end == tmp || *end != '\0' || d < 0 || d > 86400000.0)
+        return -1;
+    return (long long)(d * (double)scale);
+}
+
+static bool value_starts(const char *v, size_t n, const char *prefix)
+{
+    size_t pl = strlen(prefix);
+    return v && n >= pl && strncasecmp(v, prefix, pl) == 0;
+}
+
+/* Response headers forwarded to the client. */
+static bool drop_response_header(const char *n, size_t nl)
+{
+    return ag_http_is_hop_by_hop(n, nl) || ag_http_name_is(n, nl, "content-length") ||
+           ag_http_name_is(n, nl, "x-request-id") || ag_http_name_is(n, nl, "server-timing");
+}
+
+static void ex_send_head(ag_exchange *ex)
+{
+    ag_request *r = ex->req;
+    struct evbuffer *hb = evbuffer_new();
+    if (!hb)
+        return;
+    for (size_t i = 0; i < ex->nh; i++) {
+        const char *n = ex->rh + ex->hname[i][0];
+        size_t nl = ex->hname[i][1];
+        if (drop_response_header(n, nl))
+            continue;
+        evbuffer_add(hb, n, nl);
+        evbuffer_add(hb, ": ", 2);
+        evbuffer_add(hb, ex->rh + ex->hvalue[i][0], ex->hvalue[i][1]);
+        evbuffer_add(hb, "\r\n", 2);
+    }
+    uint64_t now = ag_mono_ns();
+    double upstream_ms = (double)(r->t_upstream_head - r->t_upstream_sent) / 1e6;
+    double gateway_ms = (double)(r->gateway_ns + (now - r->t_upstream_head)) / 1e6;
+    evbuffer_add_printf(hb, "x-request-id: %s\r\nServer-Timing: gateway;dur=%.3f, upstream;dur=%.3f\r\n",
+                        r->id, gateway_ms, upstream_ms);
+    size_t hl = evbuffer_get_length(hb);
+    long long cl = (ex->parser.flags & F_CONTENT_LENGTH) ? (long long)ex->parser.content_length : -1;
+    ag_response_begin(r, ex->parser.status_code, (const char *)evbuffer_pullup(hb, -1), hl, cl);
+    evbuffer_free(hb);
+    r->gateway_ns += ag_mono_ns() - r->t_upstream_head;
+}
+
+static int sse_event_cb(void *arg, const ag_sse_event *ev)
+{
+    return ag_usage_from_sse_event(arg, ev);
+}
+
+static int on_resp_headers_complete(llhttp_t *p)
+{
+    ag_exchange *ex = ex_of(p);
+    ag_request *r = ex->req;
+    if (ex->state == EX_STREAMING)
+        return 0; /* end of trailers */
+    int status = p->status_code;
+    if (status >= 100 && status < 200) {
+        /* An interim response: ignore it and read the final one. */
+        ex->nh = 0;
+        ex->rhlen = 0;
+        return 0;
+    }
+    r->t_upstream_head = ag_mono_ns();
+    evtimer_del(ex->timer);
+    ag_upstream_state *up = &ex->set->ups[ex->idx];
+    bool retryable = status == 429 || status >= 500;
+    if (retryable) {
+        long long ra = parse_retry_after(ex);
+        if (status == 429 || status == 503)
+            ag_upstream_report_retry_after(up, ra > 0 ? ra : 1000, r->t_upstream_head);
+        if (status >= 500)
+            ag_upstream_report_failure(up, r->t_upstream_head);
+        if (ag_upstream_pick(ex->set, ex->tried, r->t_upstream_head, NULL) >= 0) {
+            ag_log(AG_LOG_INFO, r->id, "upstream %s answered %d; trying the next upstream",
+                   up->conf->name, status);
+            ex->state = EX_DISCARDING;
+            return 0;
+        }
+    } else {
+        ag_upstream_report_success(up);
+    }
+    size_t ctl;
+    const char *ct = rh_value(ex, "content-type", &ctl);
+    ex->is_sse = value_starts(ct, ctl, "text/event-stream");
+    ex->is_json = value_starts(ct, ctl, "application/json");
+    snprintf(r->upstream, sizeof r->upstream, "%s", up->conf->name);
+    if (ex->is_sse) {
+        r->stream = true;
+        r->sse = ag_sse_parser_new(MAX_SSE_EVENT, sse_event_cb, r);
+    }
+    ex->state = EX_STREAMING;
+    ex_send_head(ex);
+    /* From now on the upstream may go quiet only for idle_timeout_ms between bytes. */
+    struct timeval tv = {up->conf->idle_timeout_ms / 1000, (up->conf->idle_timeout_ms % 1000) * 1000};
+    evtimer_add(ex->timer, &tv);
+    return strcmp(r->method_str, "HEAD") == 0 ? 1 : 0;
+}
+
+static int on_resp_body(llhttp_t *p, const char *at, size_t len)
+{
+    ag_exchange *ex = ex_of(p);
+    if (ex->state != EX_STREAMING)
+        return 0;
+    ag_request *r = ex->req;
+    ag_response_body(r, at, len);
+    if (r->sse) {
+        ag_sse_parser_feed(r->sse, at, len);
+    } else if (ex->is_json && !r->resp_json_overflow) {
+        if (r->resp_json_len + len > MAX_JSON_KEEP) {
+            r->resp_json_overflow = true;
+        } else {
+            if (r->resp_json_len + len > r->resp_json_cap) {
+                size_t cap = r->resp_json_cap ? r->resp_json_cap : 4096;
+                while (cap < r->resp_json_len + len)
+                    cap *= 2;
+                char *n = realloc(r->resp_json, cap);
+                if (!n) {
+                    r->resp_json_overflow = true;
+                    return 0;
+                }
+                r->resp_json = n;
+                r->resp_json_cap = cap;
+            }
+            memcpy(r->resp_json + r->resp_json_len, at, len);
+            r->resp_json_len += len;
+        }
+    }
+    return 0;
+}
+
+static int on_resp_message_complete(llhttp_t *p)
+{
+    ag_exchange *ex = ex_of(p);
+    ex->complete = true;
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t resp_settings = {
+    .on_header_field = on_resp_header_field,
+    .on_header_field_complete = on_resp_header_field_complete,
+    .on_header_value = on_resp_header_value,
+    .on_headers_complete = on_resp_headers_complete,
+    .on_body = on_resp_body,
+    .on_message_complete = on_resp_message_complete,
+};
+
+/* ---- exchange lifecycle ---------------------------------------------------------------------- */
+
+static void ex_free(ag_exchange *ex)
+{
+    if (ex->connecting)
+        ag_upstream_connect_cancel(ex->connecting);
+    if (ex->uc)
+        ag_upconn_release(ex->uc, false);
+    if (ex->timer)
+        event_free(ex->timer);
+    free(ex->rh);
+    ag_upstream_set_unref(ex->set);
+    free(ex);
+}
+
+/* Detaches the exchange from its request and frees it; the request continues on its own. */
+static ag_request *ex_detach(ag_exchange *ex)
+{
+    ag_request *r = ex->req;
+    r->ex = NULL;
+    ex_free(ex);
+    return r;
+}
+
+/* Answers with our own error when nothing was sent yet, else truncates. */
+static void ex_fail(ag_exchange *ex, int status, const char *code, const char *msg, const char *reason)
+{
+    ag_request *r = ex_detach(ex);
+    if (r->response_started) {
+        ag_log(AG_LOG_WARN, r->id, "upstream response interrupted: %s", reason);
+        ag_response_abort(r, reason);
+        return;
+    }
+    r->completion = reason;
+    ag_request_error(r, status, code, msg, NULL, false);
+}
+
+static void ex_finish(ag_exchange *ex)
+{
+    ag_request *r = ex->req;
+    if (ex->is_json && r->resp_json && !r->resp_json_overflow)
+        ag_usage_from_json_response(r, r->resp_json, r->resp_json_len);
+    bool reusable = llhttp_should_keep_alive(&ex->parser);
+    ag_upconn *uc = ex->uc;
+    ex->uc = NULL;
+    ag_upconn_release(uc, reusable);
+    r = ex_detach(ex);
+    ag_response_end(r);
+}
+
+/* Ends the current attempt's connection (not reusable) and tries the next upstream. */
+static void ex_next_attempt(ag_exchange *ex)
+{
+    if (ex->uc) {
+        ag_upconn_release(ex->uc, false);
+        ex->uc = NULL;
+    }
+    evtimer_del(ex->timer);
+    ex_attempt(ex);
+}
+
+static void ex_resume_read(void *arg)
+{
+    ag_exchange *ex = arg;
+    ex->paused = false;
+    if (ex->uc)
+        bufferevent_enable(ex->uc->bev, EV_READ);
+}
+
+/* Feeds what the upstream sent to llhttp. Returns false when the exchange is gone (finished,
+ * failed or moved on), true when it waits for more bytes. */
+static bool ex_process(ag_exchange *ex, struct bufferevent *bev)
+{
+    struct evbuffer *in = bufferevent_get_input(bev);
+    while (!ex->complete) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+            break;
+        ex->resp_bytes += v.iov_len;
+        llhttp_errno_t e = llhttp_execute(&ex->parser, v.iov_base, v.iov_len);
+        if (e == HPE_OK) {
+            evbuffer_drain(in, v.iov_len);
+            continue;
+        }
+        if (e == HPE_PAUSED && ex->complete) {
+            evbuffer_drain(in, (size_t)(llhttp_get_error_pos(&ex->parser) - (const char *)v.iov_base));
+            break;
+        }
+        ag_upstream_state *up = &ex->set->ups[ex->idx];
+        ag_log(AG_LOG_WARN, ex->req->id, "upstream %s: malformed response: %s%s", up->conf->name,
+               llhttp_errno_name(e), ex->head_too_big ? " (head too large)" : "");
+        ag_upstream_report_failure(up, ag_mono_ns());
+        ex_fail(ex, 502, "BadGateway", "The upstream sent a malformed response.", "upstream_protocol_error");
+        return false;
+    }
+    if (ex->complete) {
+        if (ex->state == EX_DISCARDING) {
+            ex->complete = false;
+            ag_upconn *uc = ex->uc;
+            ex->uc = NULL;
+            ag_upconn_release(uc, llhttp_should_keep_alive(&ex->parser));
+            ex_attempt(ex);
+            return false;
+        }
+        ex_finish(ex);
+        return false;
+    }
+    if (ex->state == EX_STREAMING) {
+        ag_request *r = ex->req;
+        if (ag_response_congested(r) && !ex->paused) {
+            ex->paused = true;
+            bufferevent_disable(bev, EV_READ);
+            ag_response_on_drain(r, ex_resume_read, ex);
+        }
+        ag_upstream_state *up = &ex->set->ups[ex->idx];
+        struct timeval tv = {up->conf->idle_timeout_ms / 1000, (up->conf->idle_timeout_ms % 1000) * 1000};
+        if (!ex->paused)
+            evtimer_add(ex->timer, &tv);
+        else
+            evtimer_del(ex->timer);
+    }
+    return true;
+}
+
+static void ex_read_cb(struct bufferevent *bev, void *arg)
+{
+    ex_process(arg, bev);
+}
+
+static void ex_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    ag_exchange *ex = arg;
+    ag_upstream_state *up = &ex->set->ups[ex->idx];
+    if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
+        return;
+    if (!ex_process(ex, bev))
+        return;
+    /* End of input: a close-delimited body ends here; anything else is a truncation. */
+    if ((what & BEV_EVENT_EOF) && llhttp_finish(&ex->parser) == HPE_OK && ex->complete &&
+        ex->state == EX_STREAMING) {
+        ex_finish(ex);
+        return;
+    }
+    bool nothing_back = ex->resp_bytes == 0;
+    if (ex->state == EX_WAITING && nothing_back && ex->uc && ex->uc->reused && !ex->fresh_retry_used) {
+        /* A pooled connection the upstream had already closed: one retry on a fresh connection to
+         * the same upstream (the request never reached it). */
+        ex->fresh_retry_used = true;
+        ag_upconn_release(ex->uc, false);
+        ex->uc = NULL;
+        evtimer_del(ex->timer);
+        const char *err = NULL;
+        ex->state = EX_CONNECTING;
+        ex->connecting = ag_upstream_connect(ex->set, ex->idx, ex_on_connected, ex, &err);
+        if (!ex->connecting)
+            ex_fail(ex, 502, "BadGateway", "Cannot connect to the upstream.", "upstream_connect_failed");
+        return;
+    }
+    ag_upstream_report_failure(up, ag_mono_ns());
+    if (ex->state == EX_DISCARDING) {
+        ex_next_attempt(ex);
+        return;
+    }
+    if (ex->state == EX_STREAMING)
+        ag_log(AG_LOG_WARN, ex->req->id, "upstream %s reset the response mid-stream", up->conf->name);
+    ex_fail(ex, 502, "BadGateway", "The upstream closed the connection without a complete response.",
+            "upstream_reset");
+}
+
+static void ex_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    ag_exchange *ex = arg;
+    ag_upstream_state *up = &ex->set->ups[ex->idx];
+    if (ex->state == EX_STREAMING) {
+        ag_log(AG_LOG_WARN, ex->req->id, "upstream %s idle for %lld ms mid-response", up->conf->name,
+               up->conf->idle_timeout_ms);
+        ag_upstream_report_failure(up, ag_mono_ns());
+        ex_fail(ex, 504, "GatewayTimeout", "", "upstream_timeout");
+        return;
+    }
+    ag_log(AG_LOG_WARN, ex->req->id, "upstream %s: no response within %lld ms", up->conf->name,
+           up->conf->first_byte_timeout_ms);
+    ag_upstream_report_failure(up, ag_mono_ns());
+    ex_fail(ex, 504, "GatewayTimeout", "The upstream did not answer in time.", "upstream_timeout");
+}
+
+static void ex_send(ag_exchange *ex)
+{
+    ag_request *r = ex->req;
+    ag_upconn *uc = ex->uc;
+    ag_upstream_state *up = &ex->set->ups[ex->idx];
+    struct evbuffer *out = bufferevent_get_output(uc->bev);
+    const char *body = r->forward_body ? r->forward_body : r->body;
+    size_t blen = r->forward_body ? r->forward_body_len : r->body_len;
+    ag_forward_write_head(r, up->conf, blen, out);
+    if (blen)
+        evbuffer_add(out, body, blen);
+    llhttp_init(&ex->parser, HTTP_RESPONSE, &resp_settings);
+    ex->parser.data = ex;
+    ex->nh = 0;
+    ex->rhlen = 0;
+    ex->field_open = false;
+    ex->complete = false;
+    ex->resp_bytes = 0;
+    ex->state = EX_WAITING;
+    bufferevent_setcb(uc->bev, ex_read_cb, NULL, ex_event_cb, ex);
+    bufferevent_enable(uc->bev, EV_READ | EV_WRITE);
+    r->t_upstream_sent = ag_mono_ns();
+    struct timeval tv = {up->conf->first_byte_timeout_ms / 1000, (up->conf->first_byte_timeout_ms % 1000) * 1000};
+    evtimer_add(ex->timer, &tv);
+}
+
+static void ex_on_connected(ag_upconn *uc, const char *err, bool timed_out, void *arg)
+{
+    ag_exchange *ex = arg;
+    ex->connecting = NULL;
+    if (!uc) {
+        ag_upstream_report_failure(&ex->set->ups[ex->idx], ag_mono_ns());
+        ex->req->completion = timed_out ? "upstream_connect_timeout" : "upstream_connect_failed";
+        ex_attempt(ex);
+        return;
+    }
+    ex->uc = uc;
+    ex_send(ex);
+}
+
+static void ex_attempt(ag_exchange *ex)
+{
+    ag_request *r = ex->req;
+    if (ag_response_client_gone(r)) {
+        ag_response_abort(ex_detach(ex), "client_disconnected");
+        return;
+    }
+    uint64_t now = ag_mono_ns();
+    long long wait_ms = 0;
+    int idx = ag_upstream_pick(ex->set, ex->tried, now, &wait_ms);
+    if (idx < 0) {
+        if (r->attempts == 0) {
+            char hdr[96];
+            long long secs = (wait_ms + 999) / 1000;
+            snprintf(hdr, sizeof hdr, "retry-after: %lld\r\nretry-after-ms: %lld\r\n", secs ? secs : 1,
+                     wait_ms ? wait_ms : 1000);
+            ag_request *rr = ex_detach(ex);
+            rr->completion = "no_upstream_available";
+            ag_request_error(rr, 503, "ServiceUnavailable", "No upstream is available right now.", hdr, false);
+            return;
+        }
+        bool timeout = r->completion && strcmp(r->completion, "upstream_connect_timeout") == 0;
+        ex_fail(ex, timeout ? 504 : 502, timeout ? "GatewayTimeout" : "BadGateway",
+                timeout ? "Connecting to the upstream timed out." : "No upstream could be reached.",
+                timeout ? "upstream_connect_timeout" : "upstream_connect_failed");
+        return;
+    }
+    ex->idx = idx;
+    ex->tried |= 1ull << idx;
+    r->attempts++;
+    r->completion = NULL;
+    ex->uc = ag_upstream_take_idle(ex->set, idx);
+    if (ex->uc) {
+        ex_send(ex);
+        return;
+    }
+    const char *err = NULL;
+    ex->state = EX_CONNECTING;
+    ex->connecting = ag_upstream_connect(ex->set, idx, ex_on_connected, ex, &err);
+    if (!ex->connecting) {
+        ag_upstream_report_failure(&ex->set->ups[idx], now);
+        ag_log(AG_LOG_WARN, r->id, "upstream %s: %s", ex->set->ups[idx].conf->name, err ? err : "connect failed");
+        ex_attempt(ex);
+    }
+}
+
+ag_stage_result ag_forward_stage(ag_request *r)
+{
+    ag_exchange *ex = calloc(1, sizeof *ex);
+    char *rh = malloc(MAX_RESPONSE_HEAD);
+    if (!ex || !rh) {
+        free(ex);
+        free(rh);
+        ag_request_error(r, 503, "ServiceUnavailable", "Out of memory.", NULL, true);
+        return AG_STAGE_DONE;
+    }
+    ex->rh = rh;
+    ex->req = r;
+    ex->set = r->worker->upstreams;
+    ag_upstream_set_ref(ex->set);
+    ex->timer = evtimer_new(r->worker->base, ex_timer_cb, ex);
+    r->ex = ex;
+    ex_attempt(ex);
+    /* ex_attempt may have answered already (no upstream); the request is still alive either way
+     * until its response ends, which happens from an event callback, never before we return. */
+    return AG_STAGE_WAIT;
+}
+
+void ag_exchange_cancel(ag_exchange *ex)
+{
+    ex->req->ex = NULL;
+    ex_free(ex);
+}
+
+void ag_exchange_client_gone(ag_exchange *ex)
+{
+    ag_request *r = ex_detach(ex);
+    ag_response_abort(r, "client_disconnected");
+}

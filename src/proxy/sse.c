@@ -1,0 +1,158 @@
+/* Incremental SSE parser (see sse.h), after the WHATWG event-stream interpretation rules. */
+#include "aoai_guard/sse.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct ag_sse_parser {
+    ag_sse_event_fn fn;
+    void *arg;
+    size_t max;
+    char *line;          /* the current line (without its terminator) */
+    size_t line_len, line_cap;
+    char *data;          /* data of the current event */
+    size_t data_len, data_cap;
+    bool has_data;
+    char event[64];
+    size_t event_len;
+    bool after_cr;       /* last byte was CR: a following LF belongs to the same terminator */
+    bool started;        /* past a possible BOM */
+    bool failed;
+    size_t events;
+};
+
+ag_sse_parser *ag_sse_parser_new(size_t max_event_bytes, ag_sse_event_fn fn, void *arg)
+{
+    ag_sse_parser *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->fn = fn;
+    p->arg = arg;
+    p->max = max_event_bytes;
+    return p;
+}
+
+void ag_sse_parser_free(ag_sse_parser *p)
+{
+    if (!p)
+        return;
+    free(p->line);
+    free(p->data);
+    free(p);
+}
+
+size_t ag_sse_parser_events(const ag_sse_parser *p)
+{
+    return p->events;
+}
+
+static int grow(char **buf, size_t *cap, size_t need, size_t max)
+{
+    if (need <= *cap)
+        return 0;
+    if (need > max + 64)
+        return -1;
+    size_t c = *cap ? *cap : 256;
+    while (c < need)
+        c *= 2;
+    char *n = realloc(*buf, c);
+    if (!n)
+        return -1;
+    *buf = n;
+    *cap = c;
+    return 0;
+}
+
+static int dispatch(ag_sse_parser *p)
+{
+    if (!p->has_data) {
+        p->event_len = 0;
+        return 0;
+    }
+    ag_sse_event ev = {p->event, p->event_len, p->data ? p->data : "", p->data_len};
+    p->events++;
+    int rc = p->fn(p->arg, &ev);
+    p->data_len = 0;
+    p->has_data = false;
+    p->event_len = 0;
+    return rc;
+}
+
+static int process_line(ag_sse_parser *p)
+{
+    const char *l = p->line ? p->line : "";
+    size_t n = p->line_len;
+    if (n == 0)
+        return dispatch(p);
+    if (l[0] == ':')
+        return 0;
+    const char *colon = memchr(l, ':', n);
+    size_t fl = colon ? (size_t)(colon - l) : n;
+    const char *v = colon ? colon + 1 : l + n;
+    size_t vl = colon ? n - fl - 1 : 0;
+    if (vl && v[0] == ' ') {
+        v++;
+        vl--;
+    }
+    if (fl == 4 && memcmp(l, "data", 4) == 0) {
+        size_t need = p->data_len + (p->has_data ? 1 : 0) + vl + 1;
+        if (grow(&p->data, &p->data_cap, need, p->max))
+            return -1;
+        if (p->has_data)
+            p->data[p->data_len++] = '\n';
+        memcpy(p->data + p->data_len, v, vl);
+        p->data_len += vl;
+        p->data[p->data_len] = '\0';
+        p->has_data = true;
+    } else if (fl == 5 && memcmp(l, "event", 5) == 0) {
+        p->event_len = vl < sizeof p->event - 1 ? vl : sizeof p->event - 1;
+        memcpy(p->event, v, p->event_len);
+        p->event[p->event_len] = '\0';
+    }
+    /* "id", "retry" and unknown fields do not matter to us. */
+    return 0;
+}
+
+int ag_sse_parser_feed(ag_sse_parser *p, const char *data, size_t len)
+{
+    if (p->failed)
+        return -1;
+    size_t i = 0;
+    if (!p->started && len) {
+        static const char bom[] = "\xEF\xBB\xBF";
+        if (len >= 3 && memcmp(data, bom, 3) == 0)
+            i = 3;
+        p->started = true;
+    }
+    while (i < len) {
+        char c = data[i];
+        if (c == '\n' && p->after_cr) {
+            p->after_cr = false;
+            i++;
+            continue;
+        }
+        p->after_cr = false;
+        if (c == '\r' || c == '\n') {
+            p->after_cr = c == '\r';
+            if (process_line(p)) {
+                p->failed = true;
+                return -1;
+            }
+            p->line_len = 0;
+            i++;
+            continue;
+        }
+        /* Copy the run of ordinary bytes up to the next terminator at once. */
+        size_t j = i;
+        while (j < len && data[j] != '\r' && data[j] != '\n')
+            j++;
+        if (grow(&p->line, &p->line_cap, p->line_len + (j - i) + 1, p->max)) {
+            p->failed = true;
+            return -1;
+        }
+        memcpy(p->line + p->line_len, data + i, j - i);
+        p->line_len += j - i;
+        i = j;
+    }
+    return 0;
+}

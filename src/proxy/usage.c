@@ -1,0 +1,113 @@
+/* Usage and completion text from responses (see usage.h). */
+#include "aoai_guard/usage.h"
+
+#include <math.h>
+#include <string.h>
+
+static long long num(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < 0 || v->valuedouble > 9e15)
+        return -1;
+    return (long long)v->valuedouble;
+}
+
+int ag_usage_parse(const cJSON *u, ag_usage *out)
+{
+    if (!cJSON_IsObject(u))
+        return -1;
+    long long p = num(u, "prompt_tokens"), c = num(u, "completion_tokens"), t = num(u, "total_tokens");
+    if (p < 0)
+        p = num(u, "input_tokens");
+    if (c < 0)
+        c = num(u, "output_tokens");
+    if (p < 0 && t < 0)
+        return -1;
+    out->present = true;
+    out->prompt_tokens = p < 0 ? 0 : p;
+    out->completion_tokens = c < 0 ? 0 : c;
+    out->total_tokens = t < 0 ? out->prompt_tokens + out->completion_tokens : t;
+    return 0;
+}
+
+static void add_string(ag_request *r, const cJSON *s)
+{
+    if (cJSON_IsString(s))
+        ag_request_add_completion(r, s->valuestring, strlen(s->valuestring));
+}
+
+/* Text of the first choice (chat message content or legacy text). */
+static void take_choice_text(ag_request *r, const cJSON *root, const char *container)
+{
+    const cJSON *choices = cJSON_GetObjectItemCaseSensitive(root, "choices");
+    if (!cJSON_IsArray(choices))
+        return;
+    for (const cJSON *ch = choices->child; ch; ch = ch->next) {
+        const cJSON *idx = cJSON_GetObjectItemCaseSensitive(ch, "index");
+        if (cJSON_IsNumber(idx) && idx->valuedouble != 0)
+            continue; /* the audit keeps choice 0; n>1 choices are counted in usage */
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(ch, container);
+        if (m)
+            add_string(r, cJSON_GetObjectItemCaseSensitive(m, "content"));
+        add_string(r, cJSON_GetObjectItemCaseSensitive(ch, "text"));
+    }
+}
+
+/* Responses API output: output[].content[].text of type output_text. */
+static void take_responses_text(ag_request *r, const cJSON *resp)
+{
+    const cJSON *output = cJSON_GetObjectItemCaseSensitive(resp, "output");
+    if (!cJSON_IsArray(output))
+        return;
+    for (const cJSON *item = output->child; item; item = item->next) {
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(item, "content");
+        if (!cJSON_IsArray(content))
+            continue;
+        for (const cJSON *part = content->child; part; part = part->next) {
+            const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
+            if (cJSON_IsString(type) && strcmp(type->valuestring, "output_text") == 0)
+                add_string(r, cJSON_GetObjectItemCaseSensitive(part, "text"));
+        }
+    }
+}
+
+void ag_usage_from_json_response(ag_request *r, const char *body, size_t len)
+{
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    if (!root)
+        return;
+    ag_usage_parse(cJSON_GetObjectItemCaseSensitive(root, "usage"), &r->usage);
+    const cJSON *object = cJSON_GetObjectItemCaseSensitive(root, "object");
+    if (cJSON_IsString(object) && strcmp(object->valuestring, "response") == 0)
+        take_responses_text(r, root);
+    else
+        take_choice_text(r, root, "message");
+    cJSON_Delete(root);
+}
+
+int ag_usage_from_sse_event(ag_request *r, const ag_sse_event *ev)
+{
+    if (ev->data_len == 6 && memcmp(ev->data, "[DONE]", 6) == 0)
+        return 0;
+    if (ev->data_len == 0 || ev->data[0] != '{')
+        return 0;
+    cJSON *root = cJSON_ParseWithLength(ev->data, ev->data_len);
+    if (!root)
+        return 0;
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "type");
+    if (cJSON_IsString(type) && strncmp(type->valuestring, "response.", 9) == 0) {
+        const char *t = type->valuestring;
+        if (strcmp(t, "response.output_text.delta") == 0) {
+            add_string(r, cJSON_GetObjectItemCaseSensitive(root, "delta"));
+        } else if (strcmp(t, "response.completed") == 0 || strcmp(t, "response.incomplete") == 0 ||
+                   strcmp(t, "response.failed") == 0) {
+            const cJSON *resp = cJSON_GetObjectItemCaseSensitive(root, "response");
+            ag_usage_parse(cJSON_GetObjectItemCaseSensitive(resp, "usage"), &r->usage);
+        }
+    } else {
+        take_choice_text(r, root, "delta");
+        ag_usage_parse(cJSON_GetObjectItemCaseSensitive(root, "usage"), &r->usage);
+    }
+    cJSON_Delete(root);
+    return 0;
+}

@@ -1,0 +1,143 @@
+/* The stage engine: runs a request through the pipeline stages in order (see request.h). */
+#include <stdio.h>
+#include <string.h>
+
+#include "aoai_guard/clock.h"
+#include "aoai_guard/conn.h"
+#include "aoai_guard/forward.h"
+#include "aoai_guard/json_strict.h"
+#include "aoai_guard/log.h"
+#include "aoai_guard/request.h"
+#include "aoai_guard/route.h"
+
+/* Authentication: who is calling. With auth.mode "none" every caller is anonymous. */
+static ag_stage_result stage_authenticate(ag_request *r)
+{
+    r->identity.kind = AG_IDENTITY_ANONYMOUS;
+    return AG_STAGE_NEXT;
+}
+
+/* The body is read only after the header-phase stages admitted the request, so an unauthenticated
+ * caller never makes us buffer max_body_bytes. */
+static ag_stage_result stage_read_body(ag_request *r)
+{
+    if (r->body_done)
+        return AG_STAGE_NEXT;
+    ag_conn_read_body(r->conn);
+    return r->body_done ? AG_STAGE_NEXT : AG_STAGE_WAIT;
+}
+
+static bool content_type_is_json(const ag_request *r)
+{
+    if (r->h_content_type < 0)
+        return false;
+    size_t n;
+    const char *v = ag_request_header_value(r, r->h_content_type, &n);
+    size_t base = 0;
+    while (base < n && v[base] != ';')
+        base++;
+    while (base > 0 && (v[base - 1] == ' ' || v[base - 1] == '\t'))
+        base--;
+    if (!(base == 16 && strncasecmp(v, "application/json", 16) == 0))
+        return false;
+    /* A charset other than UTF-8 would make us read different text than Azure does. */
+    for (size_t i = base; i + 8 <= n; i++)
+        if (strncasecmp(v + i, "charset=", 8) == 0)
+            return (n - i - 8 == 5 && strncasecmp(v + i + 8, "utf-8", 5) == 0) ||
+                   (n - i - 8 == 7 && strncasecmp(v + i + 8, "\"utf-8\"", 7) == 0);
+    return true;
+}
+
+/* Parses the JSON body once, strictly; later stages share the tree. */
+static ag_stage_result stage_parse_body(ag_request *r)
+{
+    if (!r->route.json_body)
+        return AG_STAGE_NEXT;
+    if (r->body_len == 0) {
+        ag_request_error(r, 400, "BadRequest", "The request body must be a JSON object.", NULL, false);
+        return AG_STAGE_DONE;
+    }
+    if (r->h_content_encoding >= 0) {
+        ag_request_error(r, 415, "UnsupportedMediaType",
+                         "Compressed request bodies are not accepted.", NULL, false);
+        return AG_STAGE_DONE;
+    }
+    if (!content_type_is_json(r)) {
+        ag_request_error(r, 415, "UnsupportedMediaType",
+                         "Content-Type must be application/json (UTF-8).", NULL, false);
+        return AG_STAGE_DONE;
+    }
+    static const ag_json_limits limits = {.max_depth = 64, .max_nodes = 500000};
+    ag_json_status st;
+    size_t off;
+    r->json = ag_json_parse_strict(r->body, r->body_len, &limits, &st, &off);
+    if (!r->json) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "The request body is not acceptable JSON: %s at byte %zu.",
+                 ag_json_status_str(st), off);
+        ag_log(AG_LOG_INFO, r->id, "client %s: %s", r->client_addr, msg);
+        ag_request_error(r, 400, "BadRequest", msg, NULL, false);
+        return AG_STAGE_DONE;
+    }
+    if (!cJSON_IsObject(r->json)) {
+        ag_request_error(r, 400, "BadRequest", "The request body must be a JSON object.", NULL, false);
+        return AG_STAGE_DONE;
+    }
+    if (ag_route_take_model(r) != 0)
+        return AG_STAGE_DONE;
+    const cJSON *stream = cJSON_GetObjectItemCaseSensitive(r->json, "stream");
+    r->stream = cJSON_IsTrue(stream);
+    return AG_STAGE_NEXT;
+}
+
+/* Admission (rate limits, token quotas): none configured in this build's config yet. */
+static ag_stage_result stage_admit(ag_request *r)
+{
+    return AG_STAGE_NEXT;
+}
+
+/* Inspection (prompt policy): none configured in this build's config yet. */
+static ag_stage_result stage_inspect(ag_request *r)
+{
+    return AG_STAGE_NEXT;
+}
+
+typedef struct stage {
+    const char *name;
+    ag_stage_result (*run)(ag_request *r);
+} stage;
+
+static const stage stages[] = {
+    {"route", ag_route_stage},
+    {"authenticate", stage_authenticate},
+    {"read_body", stage_read_body},
+    {"parse_body", stage_parse_body},
+    {"admit", stage_admit},
+    {"inspect", stage_inspect},
+    {"forward", ag_forward_stage},
+};
+
+void ag_pipeline_run(ag_request *r)
+{
+    if (r->in_pipeline)
+        return;
+    r->in_pipeline = true;
+    while (r->stage < (int)(sizeof stages / sizeof stages[0])) {
+        uint64_t t0 = ag_mono_ns();
+        int idx = r->stage++;
+        ag_stage_result res = stages[idx].run(r);
+        r->gateway_ns += ag_mono_ns() - t0;
+        if (r->done_pending || res != AG_STAGE_NEXT)
+            break;
+    }
+    r->in_pipeline = false;
+    if (r->done_pending)
+        ag_conn_request_done(r->conn); /* frees r */
+}
+
+void ag_pipeline_resume(ag_request *r)
+{
+    if (r->in_pipeline)
+        return; /* the running loop continues by itself */
+    ag_pipeline_run(r);
+}

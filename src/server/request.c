@@ -1,0 +1,251 @@
+/* The request context: creation, header access, errors in Azure's shape, the access log. */
+#include "aoai_guard/request.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/rand.h>
+
+#include "aoai_guard/clock.h"
+#include "aoai_guard/conn.h"
+#include "aoai_guard/forward.h"
+#include "aoai_guard/jsonw.h"
+#include "aoai_guard/log.h"
+#include "aoai_guard/sse.h"
+
+#define MAX_COMPLETION_TEXT (1024 * 1024)
+
+ag_request *ag_request_new(struct ag_conn *c)
+{
+    ag_request *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->conn = c;
+    r->worker = c->worker;
+    r->cfg = ag_config_ref(c->cfg);
+    snprintf(r->client_addr, sizeof r->client_addr, "%s", c->client_addr);
+    r->h_host = r->h_authorization = r->h_api_key = r->h_content_type = r->h_request_id = -1;
+    r->h_connection = r->h_transfer_encoding = r->h_expect = r->h_content_encoding = -1;
+    r->http_major = 1;
+    r->http_minor = 1;
+    r->wall_start_ms = ag_wall_ms();
+    r->t_start = ag_mono_ns();
+    r->worker->active_requests++;
+    return r;
+}
+
+void ag_request_free(ag_request *r)
+{
+    if (!r)
+        return;
+    if (r->on_free)
+        r->on_free(r, r->on_free_arg);
+    if (r->ex)
+        ag_exchange_cancel(r->ex);
+    r->ex = NULL;
+    ag_sse_parser_free(r->sse);
+    cJSON_Delete(r->json);
+    free(r->forward_body);
+    free(r->body);
+    free(r->hbuf);
+    free(r->headers);
+    free(r->target);
+    free(r->completion_text);
+    free(r->resp_json);
+    r->worker->active_requests--;
+    ag_config_unref(r->cfg);
+    free(r);
+}
+
+int ag_request_header_find(const ag_request *r, const char *name)
+{
+    size_t n = strlen(name);
+    for (size_t i = 0; i < r->nheaders; i++)
+        if (r->headers[i].name_len == n && strncasecmp(r->hbuf + r->headers[i].name_off, name, n) == 0)
+            return (int)i;
+    return -1;
+}
+
+const char *ag_request_header_name(const ag_request *r, int i, size_t *len)
+{
+    *len = r->headers[i].name_len;
+    return r->hbuf + r->headers[i].name_off;
+}
+
+const char *ag_request_header_value(const ag_request *r, int i, size_t *len)
+{
+    *len = r->headers[i].value_len;
+    return r->hbuf + r->headers[i].value_off;
+}
+
+static bool request_id_ok(const char *v, size_t n)
+{
+    if (n == 0 || n > 64)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = v[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_' || ch == '.' || ch == ':'))
+            return false;
+    }
+    return true;
+}
+
+void ag_request_assign_id(ag_request *r)
+{
+    if (r->h_request_id >= 0) {
+        size_t n;
+        const char *v = ag_request_header_value(r, r->h_request_id, &n);
+        if (request_id_ok(v, n)) {
+            memcpy(r->id, v, n);
+            r->id[n] = '\0';
+            return;
+        }
+    }
+    unsigned char b[16];
+    if (RAND_bytes(b, sizeof b) != 1)
+        memset(b, 0, sizeof b);
+    b[6] = (unsigned char)((b[6] & 0x0F) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
+    snprintf(r->id, sizeof r->id,
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+}
+
+void ag_request_error(ag_request *r, int status, const char *code, const char *message,
+                      const char *extra_headers, bool close)
+{
+    if (r->response_started) {
+        ag_response_abort(r, "gateway_error");
+        return;
+    }
+    if (!r->id[0])
+        ag_request_assign_id(r);
+    r->error_code = code;
+    if (close)
+        r->keep_alive = false;
+    char body[1024];
+    ag_jsonw w;
+    ag_jw_init(&w, body, sizeof body);
+    ag_jw_object_begin(&w);
+    ag_jw_key(&w, "error");
+    ag_jw_object_begin(&w);
+    ag_jw_kv_str(&w, "code", code);
+    ag_jw_kv_str(&w, "message", message);
+    ag_jw_object_end(&w);
+    ag_jw_object_end(&w);
+    size_t blen = ag_jw_len(&w);
+    char head[2048];
+    uint64_t now = ag_mono_ns();
+    double gw_ms = (double)(r->gateway_ns ? r->gateway_ns : now - (r->t_head ? r->t_head : r->t_start)) / 1e6;
+    int hl = snprintf(head, sizeof head,
+                      "Content-Type: application/json\r\nx-request-id: %s\r\n"
+                      "Server-Timing: gateway;dur=%.3f\r\n%s",
+                      r->id, gw_ms, extra_headers ? extra_headers : "");
+    if (hl < 0 || (size_t)hl >= sizeof head)
+        hl = 0;
+    ag_response_begin(r, status, head, (size_t)hl, (long long)blen);
+    ag_response_body(r, body, blen);
+    ag_response_end(r);
+}
+
+void ag_request_add_completion(ag_request *r, const char *text, size_t len)
+{
+    if (r->completion_len + len > MAX_COMPLETION_TEXT)
+        len = MAX_COMPLETION_TEXT - r->completion_len;
+    if (len == 0)
+        return;
+    if (r->completion_len + len + 1 > r->completion_cap) {
+        size_t cap = r->completion_cap ? r->completion_cap * 2 : 1024;
+        while (cap < r->completion_len + len + 1)
+            cap *= 2;
+        char *n = realloc(r->completion_text, cap);
+        if (!n)
+            return;
+        r->completion_text = n;
+        r->completion_cap = cap;
+    }
+    memcpy(r->completion_text + r->completion_len, text, len);
+    r->completion_len += len;
+    r->completion_text[r->completion_len] = '\0';
+}
+
+void ag_request_client_gone(ag_request *r)
+{
+    if (r->ex)
+        ag_exchange_client_gone(r->ex);
+    else if (!r->response_started)
+        ag_response_abort(r, "client_disconnected");
+}
+
+static double ms_between(uint64_t a, uint64_t b)
+{
+    return (a && b && b >= a) ? (double)(b - a) / 1e6 : -1.0;
+}
+
+void ag_request_finish(ag_request *r)
+{
+    uint64_t now = ag_mono_ns();
+    if (!r->cfg->access_log || !r->head_done) {
+        if (!r->head_done)
+            return; /* nothing was parsed: the rejection was logged where it happened */
+    }
+    if (!r->cfg->access_log)
+        return;
+    char line[4096], ts[32];
+    ag_format_rfc3339_ms(r->wall_start_ms, ts);
+    ag_jsonw w;
+    ag_jw_init(&w, line, sizeof line);
+    ag_jw_object_begin(&w);
+    ag_jw_kv_str(&w, "time", ts);
+    ag_jw_kv_str(&w, "type", "access");
+    ag_jw_kv_str(&w, "request_id", r->id);
+    ag_jw_kv_str(&w, "client", r->client_addr);
+    ag_jw_kv_str(&w, "method", r->method_str);
+    ag_jw_kv_strn(&w, "path", r->target ? r->target : "", r->target ? r->path_len : 0);
+    if (r->api_version[0])
+        ag_jw_kv_str(&w, "api_version", r->api_version);
+    if (r->route.deployment[0])
+        ag_jw_kv_str(&w, "deployment", r->route.deployment);
+    if (r->route.operation[0])
+        ag_jw_kv_str(&w, "operation", r->route.operation);
+    ag_jw_kv_int(&w, "status", r->status);
+    if (r->upstream[0])
+        ag_jw_kv_str(&w, "upstream", r->upstream);
+    ag_jw_kv_int(&w, "attempts", r->attempts);
+    ag_jw_kv_int(&w, "bytes_in", (long long)r->body_len);
+    ag_jw_kv_int(&w, "bytes_out", (long long)r->bytes_out);
+    ag_jw_key(&w, "latency_ms");
+    ag_jw_double(&w, ms_between(r->t_start, now), 3);
+    ag_jw_key(&w, "ttfb_ms");
+    ag_jw_double(&w, ms_between(r->t_start, r->t_first_byte), 3);
+    ag_jw_key(&w, "gateway_ms");
+    ag_jw_double(&w, (double)r->gateway_ns / 1e6, 3);
+    ag_jw_kv_bool(&w, "stream", r->stream);
+    if (r->usage.present) {
+        ag_jw_kv_int(&w, "prompt_tokens", r->usage.prompt_tokens);
+        ag_jw_kv_int(&w, "completion_tokens", r->usage.completion_tokens);
+        ag_jw_kv_int(&w, "total_tokens", r->usage.total_tokens);
+    }
+    if (r->identity.kind != AG_IDENTITY_ANONYMOUS) {
+        ag_jw_kv_str(&w, "identity_type", ag_identity_kind_str(r->identity.kind));
+        if (r->identity.tid[0])
+            ag_jw_kv_str(&w, "tid", r->identity.tid);
+        if (r->identity.oid[0])
+            ag_jw_kv_str(&w, "oid", r->identity.oid);
+        if (r->identity.app[0])
+            ag_jw_kv_str(&w, "app", r->identity.app);
+        if (r->identity.name[0])
+            ag_jw_kv_str(&w, "identity", r->identity.name);
+    }
+    if (r->completion)
+        ag_jw_kv_str(&w, "completion", r->completion);
+    if (r->error_code)
+        ag_jw_kv_str(&w, "error_code", r->error_code);
+    ag_jw_object_end(&w);
+    size_t n = ag_jw_len(&w);
+    if (n)
+        ag_log_line(line, n);
+}

@@ -25,7 +25,8 @@ int ag_conf_fail(ag_conf_err *err, const char *path, const char *key, const char
 /* Builds a child path: "path.key", or "key" when path is empty; index >= 0 appends "[index]". */
 void ag_conf_path(char *out, size_t outlen, const char *path, const char *key, int index);
 
-/* Requires obj to be a JSON object whose keys are all in allowed (NULL-terminated) and unique. */
+/* Requires obj to be a JSON object whose keys are all in allowed (NULL-terminated) and unique.
+ * Keys starting with "//" are comments and are skipped everywhere. */
 int ag_conf_object(const cJSON *obj, const char *path, const char *const *allowed, ag_conf_err *err);
 
 /* Looks a key up case-sensitively; NULL when absent or JSON null. */

@@ -44,6 +44,8 @@ int ag_conf_object(const cJSON *obj, const char *path, const char *const *allowe
     if (!cJSON_IsObject(obj))
         return ag_conf_fail(err, path, NULL, "must be a JSON object");
     for (const cJSON *c = obj->child; c; c = c->next) {
+        if (strncmp(c->string, "//", 2) == 0)
+            continue; /* a comment: {"//": "why this value"} */
         bool known = false;
         for (size_t i = 0; allowed && allowed[i]; i++)
             if (strcmp(c->string, allowed[i]) == 0)
@@ -243,6 +245,8 @@ static int expand_tree(cJSON *node, const char *path, ag_conf_err *err)
             ag_conf_path(p, sizeof p, path, NULL, index);
         else
             ag_conf_path(p, sizeof p, path, c->string, -1);
+        if (c->string && strncmp(c->string, "//", 2) == 0)
+            continue; /* comments are text, not configuration */
         if (cJSON_IsString(c) && strchr(c->valuestring, '$')) {
             char *v = expand_one(c->valuestring, p, err);
             if (!v)

@@ -433,10 +433,13 @@ static void ex_resume_read(void *arg)
 static bool ex_process(ag_exchange *ex, struct bufferevent *bev)
 {
     struct evbuffer *in = bufferevent_get_input(bev);
-    while (!ex->complete) {
+    while (!ex->complete && evbuffer_get_length(in) > 0) {
         struct evbuffer_iovec v;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-            break;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0) {
+            evbuffer_pullup(in, -1); /* an empty chunk at the front: make the data contiguous */
+            if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+                break;
+        }
         ex->resp_bytes += v.iov_len;
         llhttp_errno_t e = llhttp_execute(&ex->parser, v.iov_base, v.iov_len);
         if (e == HPE_OK) {

@@ -494,29 +494,39 @@ static int check_header_lines(ag_conn *c, const char *h, size_t len, const char 
 static int conn_take_head(ag_conn *c, struct evbuffer *in)
 {
     size_t max = (size_t)c->cfg->limits.max_header_bytes;
-    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
     size_t avail = evbuffer_get_length(in);
-    if (end.pos < 0) {
-        if (!c->line_checked) {
-            struct evbuffer_ptr eol = evbuffer_search(in, "\r\n", 2, NULL);
-            if (eol.pos < 0 && avail > max) {
-                conn_reject(c, 414, "UriTooLong", "The request line is too long.");
-                return -1;
-            }
-            if (eol.pos >= 0) {
-                char *line = (char *)evbuffer_pullup(in, eol.pos);
-                int st = ag_http_check_request_line(line, (size_t)eol.pos);
-                if (st) {
-                    conn_reject(c, st, st == 505 ? "HttpVersionNotSupported" : "BadRequest",
-                                st == 505 ? "Only HTTP/1.0 and HTTP/1.1 are supported." : "Malformed request line.");
-                    return -1;
-                }
-                c->line_checked = true;
-            } else if (evbuffer_search(in, "\n", 1, NULL).pos >= 0) {
-                conn_reject(c, 400, "BadRequest", "Bare LF in the request line.");
-                return -1;
-            }
+    struct evbuffer_ptr eol = evbuffer_search(in, "\r\n", 2, NULL);
+    if (eol.pos < 0) {
+        if (evbuffer_search(in, "\n", 1, NULL).pos >= 0) {
+            conn_reject(c, 400, "BadRequest", "Bare LF in the request line.");
+            return -1;
         }
+        if (avail > max) {
+            conn_reject(c, 414, "UriTooLong", "The request line is too long.");
+            return -1;
+        }
+        return 0;
+    }
+    if ((size_t)eol.pos + 2 > max) {
+        conn_reject(c, 414, "UriTooLong", "The request line is too long.");
+        return -1;
+    }
+    if (!c->line_checked) {
+        char *line = (char *)evbuffer_pullup(in, eol.pos);
+        if (memchr(line, '\n', (size_t)eol.pos)) {
+            conn_reject(c, 400, "BadRequest", "Bare LF in the request line.");
+            return -1;
+        }
+        int st = ag_http_check_request_line(line, (size_t)eol.pos);
+        if (st) {
+            conn_reject(c, st, st == 505 ? "HttpVersionNotSupported" : "BadRequest",
+                        st == 505 ? "Only HTTP/1.0 and HTTP/1.1 are supported." : "Malformed request line.");
+            return -1;
+        }
+        c->line_checked = true;
+    }
+    struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+    if (end.pos < 0) {
         if (avail > max) {
             conn_reject(c, 431, "RequestHeaderFieldsTooLarge", "The request head is too large.");
             return -1;
@@ -541,18 +551,8 @@ static int conn_take_head(ag_conn *c, struct evbuffer *in)
     r->hlen = headlen;
     const char *crlf = strstr(r->hbuf, "\r\n");
     size_t line_len = (size_t)(crlf - r->hbuf);
-    if (memchr(r->hbuf, '\n', line_len)) {
-        conn_reject(c, 400, "BadRequest", "Bare LF in the request line.");
-        return -1;
-    }
-    int st = ag_http_check_request_line(r->hbuf, line_len);
-    if (st) {
-        conn_reject(c, st, st == 505 ? "HttpVersionNotSupported" : "BadRequest",
-                    st == 505 ? "Only HTTP/1.0 and HTTP/1.1 are supported." : "Malformed request line.");
-        return -1;
-    }
     const char *msg = NULL;
-    st = check_header_lines(c, crlf + 2, headlen - line_len - 2, &msg);
+    int st = check_header_lines(c, crlf + 2, headlen - line_len - 2, &msg);
     if (st) {
         conn_reject(c, st, st == 431 ? "RequestHeaderFieldsTooLarge" : "InvalidHeader", msg);
         return -1;
@@ -653,7 +653,11 @@ static void conn_process_input(ag_conn *c)
             struct evbuffer_iovec v;
             const char *data = "";
             size_t len = 0;
-            if (evbuffer_peek(in, -1, NULL, &v, 1) > 0) {
+            if (avail > 0 && (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)) {
+                evbuffer_pullup(in, -1);
+                evbuffer_peek(in, -1, NULL, &v, 1);
+            }
+            if (avail > 0) {
                 data = v.iov_base;
                 len = v.iov_len;
             }

@@ -1,1 +1,5 @@
-# Stand-in: monitor
+# Stand-in: monitor (Azure Monitor Logs Ingestion API; see fake_monitor.c for its control endpoints)
+add_executable(fake_monitor ${CMAKE_CURRENT_LIST_DIR}/fake_monitor.c)
+target_compile_options(fake_monitor PRIVATE ${AG_WARNINGS})
+target_compile_definitions(fake_monitor PRIVATE _GNU_SOURCE)
+target_link_libraries(fake_monitor PRIVATE PkgConfig::LIBEVENT PkgConfig::CJSON ZLIB::ZLIB)

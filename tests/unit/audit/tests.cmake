@@ -1,1 +1,13 @@
 # Unit tests of src/audit/: ag_unit_test(name source.c ...)
+ag_unit_test(test_audit_record ${CMAKE_CURRENT_LIST_DIR}/test_audit_record.c)
+ag_unit_test(test_audit_schema ${CMAKE_CURRENT_LIST_DIR}/test_audit_schema.c)
+ag_unit_test(test_audit_queue ${CMAKE_CURRENT_LIST_DIR}/test_audit_queue.c)
+ag_unit_test(test_audit_spool ${CMAKE_CURRENT_LIST_DIR}/test_audit_spool.c)
+ag_unit_test(test_audit_batch ${CMAKE_CURRENT_LIST_DIR}/test_audit_batch.c)
+ag_unit_test(test_audit_config ${CMAKE_CURRENT_LIST_DIR}/test_audit_config.c)
+ag_unit_test(test_audit_sink ${CMAKE_CURRENT_LIST_DIR}/test_audit_sink.c)
+# These start tests/fakes/fake_monitor as a child process (found through AG_BUILD_DIR).
+foreach(t test_audit_upload test_audit_crash test_audit_onfull test_audit_hashed)
+  ag_unit_test(${t} ${CMAKE_CURRENT_LIST_DIR}/${t}.c)
+  add_dependencies(${t} fake_monitor)
+endforeach()

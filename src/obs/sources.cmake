@@ -1,2 +1,3 @@
 # Sources of src/obs/ (added to aoai_core).
 target_sources(aoai_core PRIVATE ${CMAKE_CURRENT_LIST_DIR}/log.c)
+target_sources(aoai_core PRIVATE ${CMAKE_CURRENT_LIST_DIR}/metrics.c)

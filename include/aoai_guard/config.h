@@ -13,7 +13,12 @@
 #include <cjson/cJSON.h>
 #include <openssl/ssl.h>
 
+#include "aoai_guard/audit_config.h"
+#include "aoai_guard/auth_config.h"
 #include "aoai_guard/confparse.h"
+#include "aoai_guard/credential.h"
+#include "aoai_guard/metrics.h"
+#include "aoai_guard/ratelimit_config.h"
 
 typedef struct ag_tls_conf {
     char *cert_file;
@@ -90,12 +95,16 @@ typedef struct ag_config {
     long long drain_timeout_ms;      /* SIGTERM: in-flight requests get this long */
     int log_level;                   /* ag_log_level */
     bool access_log;
-    /* Sections owned by later stages, kept as validated JSON until their stage parses them. */
-    cJSON *auth;
-    cJSON *credential;
-    cJSON *rate_limits;
-    cJSON *policy;
-    cJSON *audit;
+    ag_metrics_conf metrics;         /* admin.metrics */
+    /* Sections owned by the stages, parsed by each stage's own parser. */
+    ag_auth_config auth;             /* mode none when the section is absent */
+    bool has_credential;             /* the proxy needs its own Entra credential */
+    ag_credential_config credential;
+    bool has_rate_limits;
+    ag_limit_config rate_limits;
+    bool has_audit;                  /* absent section: no audit trail (logged at start) */
+    ag_audit_config audit;
+    cJSON *policy;                   /* kept as JSON until the policy stage parses it */
 } ag_config;
 
 /* Loads and validates a configuration file; NULL with err naming the key on any problem. */

@@ -18,8 +18,9 @@ void ag_exchange_client_gone(ag_exchange *ex);
 struct evbuffer;
 /* Appends the request head sent upstream (request line, headers, blank line) to out: hop-by-hop
  * headers, the caller's credentials and client-sent forwarding headers are dropped; Host,
- * Content-Length, x-request-id and the upstream's own credentials are set. Returns 0 or -1. */
+ * Content-Length, x-request-id and the upstream's own credentials (api-key, or the bearer token for
+ * auth type entra) are set. Returns 0 or -1. */
 int ag_forward_write_head(const ag_request *req, const ag_upstream_conf *up, size_t body_len,
-                          struct evbuffer *out);
+                          const char *bearer, struct evbuffer *out);
 
 #endif

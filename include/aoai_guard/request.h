@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/queue.h>
 #include <cjson/cJSON.h>
 
 #include "aoai_guard/config.h"
@@ -57,8 +58,8 @@ typedef struct ag_usage {
     long long total_tokens;
 } ag_usage;
 
-/* Why a response ended: "complete", "client_disconnected", "upstream_reset", "upstream_timeout"... */
-typedef const char *ag_completion_reason;
+
+
 
 typedef struct ag_request {
     struct ag_conn *conn;
@@ -106,6 +107,12 @@ typedef struct ag_request {
     bool done_pending;              /* the response ended while in_pipeline */
     void (*on_free)(struct ag_request *req, void *arg); /* cancels a stage's async work */
     void *on_free_arg;
+    TAILQ_ENTRY(ag_request) park_link;  /* on the worker's parked list (auth key refetch) */
+    bool parked;
+    bool auth_retried;              /* validated again after a key refetch */
+    struct event *park_timer;
+    struct ag_limit_ticket *limit_ticket; /* rate-limit reservation, reconciled at the end */
+    char ratelimit_headers[512];    /* x-ratelimit-* lines added to the response */
 
     /* response */
     int status;                     /* sent to the client */
@@ -117,7 +124,7 @@ typedef struct ag_request {
     int attempts;                   /* upstream attempts made */
     ag_usage usage;
     bool stream;                    /* SSE response */
-    ag_completion_reason completion;
+    const char *completion;         /* why the response ended: "complete", "client_disconnected", "upstream_reset"... */
     const char *error_code;         /* our error code when we answered, for the access log */
     struct ag_exchange *ex;
     struct ag_sse_parser *sse;
@@ -162,9 +169,16 @@ const char *ag_request_header_value(const ag_request *req, int i, size_t *len);
 void ag_request_error(ag_request *req, int status, const char *code, const char *message,
                       const char *extra_headers, bool close);
 
+/* Answers with a ready JSON body (Azure's error shape, built by the stage); code names the error in
+ * the access log. */
+void ag_request_error_body(ag_request *req, int status, const char *code, const char *json, size_t len,
+                           const char *extra_headers, bool close);
+
 /* Runs stages from req->stage until one answers or waits. */
 void ag_pipeline_run(ag_request *req);
 /* Continues after a stage returned AG_STAGE_WAIT and its async work is done. */
 void ag_pipeline_resume(ag_request *req);
+/* Runs the stage that returned AG_STAGE_WAIT once more (e.g. validation after a key refetch). */
+void ag_pipeline_retry_stage(ag_request *req);
 
 #endif

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 
 #include "aoai_guard/config.h"
+#include "aoai_guard/services.h"
 #include "aoai_guard/worker.h"
 
 struct event_base;
@@ -28,6 +29,7 @@ typedef struct ag_runtime {
     _Atomic bool draining;
     _Atomic bool ready;
     struct event *drain_deadline;
+    ag_services svc;                  /* control-thread services the stages use */
     const char *port_file;
 } ag_runtime;
 

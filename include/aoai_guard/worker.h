@@ -30,6 +30,10 @@ typedef struct ag_worker_msg {
 } ag_worker_msg;
 
 TAILQ_HEAD(ag_conn_list, ag_conn);
+TAILQ_HEAD(ag_request_list, ag_request);
+struct ag_token_cache;
+struct ag_jwks;
+struct ag_limiter;
 
 typedef struct ag_worker {
     int index;
@@ -45,6 +49,13 @@ typedef struct ag_worker {
     size_t nconns;
     size_t active_requests;
     bool draining;                        /* stop accepting; close idle connections */
+
+    /* stage state owned by this worker */
+    struct ag_token_cache *token_cache;   /* verified tokens (auth) */
+    struct ag_jwks *keys;                 /* the key set this worker validates with (a reference) */
+    struct ag_request_list parked;        /* requests waiting for a JWKS refetch */
+    struct ag_limiter *limiter;           /* rate limits: this worker's client of the store */
+    unsigned metrics_shard;
 
     pthread_mutex_t qlock;                /* guards qhead/qtail only */
     ag_worker_msg *qhead, *qtail;

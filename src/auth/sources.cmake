@@ -10,3 +10,4 @@ target_sources(aoai_core PRIVATE
   ${CMAKE_CURRENT_LIST_DIR}/authz.c
   ${CMAKE_CURRENT_LIST_DIR}/auth.c
   ${CMAKE_CURRENT_LIST_DIR}/jwks_manager.c)
+target_sources(aoai_core PRIVATE ${CMAKE_CURRENT_LIST_DIR}/auth_stage.c)

@@ -346,9 +346,6 @@ static int parse_upstreams(const cJSON *arr, ag_config *cfg, ag_conf_err *err)
             return ag_conf_fail(err, apath, "api_key", "is required when type is api_key");
         if (u->auth != AG_UPSTREAM_AUTH_API_KEY && u->api_key)
             return ag_conf_fail(err, apath, "api_key", "is only valid when type is api_key");
-        if (u->auth == AG_UPSTREAM_AUTH_ENTRA)
-            return ag_conf_fail(err, apath, "type",
-                                "entra needs the credential provider, which this build does not have yet");
         if (u->tls) {
             u->ssl_ctx = client_tls_ctx(u, path, err);
             if (!u->ssl_ctx)
@@ -389,24 +386,53 @@ static int parse_log(const cJSON *obj, ag_config *cfg, ag_conf_err *err)
                : 0;
 }
 
-/* A section a later stage owns: kept as JSON, but refused while this build cannot enforce it, so a
- * security setting is never accepted and silently ignored. */
-static int keep_pending_section(const cJSON *root, const char *name, cJSON **out, ag_conf_err *err)
+/* The policy section is parsed by the policy stage; until it is wired, a non-empty section is
+ * refused so that a security setting is never accepted and silently ignored. */
+static int keep_policy_section(const cJSON *root, cJSON **out, ag_conf_err *err)
 {
-    const cJSON *v = ag_conf_get(root, name);
+    const cJSON *v = ag_conf_get(root, "policy");
     if (!v)
         return 0;
     if (!cJSON_IsObject(v))
-        return ag_conf_fail(err, name, NULL, "must be a JSON object");
-    if (strcmp(name, "auth") == 0) {
-        const cJSON *mode = ag_conf_get(v, "mode");
-        if (mode && !(cJSON_IsString(mode) && strcmp(mode->valuestring, "none") == 0))
-            return ag_conf_fail(err, name, "mode", "only \"none\" is supported by this build so far");
-    } else if (v->child) {
-        return ag_conf_fail(err, name, NULL, "this build does not implement this section yet");
-    }
+        return ag_conf_fail(err, "policy", NULL, "must be a JSON object");
+    for (const cJSON *c = v->child; c; c = c->next)
+        if (strncmp(c->string, "//", 2) != 0)
+            return ag_conf_fail(err, "policy", NULL, "this build does not implement this section yet");
     *out = cJSON_Duplicate(v, true);
-    return *out ? 0 : ag_conf_fail(err, name, NULL, "out of memory");
+    return *out ? 0 : ag_conf_fail(err, "policy", NULL, "out of memory");
+}
+
+/* The stage sections, each through its own parser (errors name the exact key). */
+static int parse_stage_sections(const cJSON *root, ag_config *cfg, ag_conf_err *err)
+{
+    if (ag_auth_config_parse(ag_conf_get(root, "auth"), "auth", &cfg->auth, err))
+        return -1;
+    bool needs_credential = false;
+    for (size_t i = 0; i < cfg->nupstreams; i++)
+        if (cfg->upstreams[i].auth == AG_UPSTREAM_AUTH_ENTRA)
+            needs_credential = true;
+    const cJSON *audit = ag_conf_get(root, "audit");
+    if (audit) {
+        if (ag_audit_config_parse(audit, "audit", &cfg->audit, err))
+            return -1;
+        cfg->has_audit = true;
+        for (size_t i = 0; i < cfg->audit.nsinks; i++)
+            if (cfg->audit.sinks[i].type == AG_AUDIT_SINK_AZURE_MONITOR)
+                needs_credential = true;
+    }
+    const cJSON *cred = ag_conf_get(root, "credential");
+    if (cred || needs_credential) {
+        if (ag_credential_config_parse(cred, "credential", &cfg->credential, err))
+            return -1;
+        cfg->has_credential = true;
+    }
+    const cJSON *rl = ag_conf_get(root, "rate_limits");
+    if (rl) {
+        if (ag_limit_config_parse(rl, "rate_limits", &cfg->rate_limits, err))
+            return -1;
+        cfg->has_rate_limits = true;
+    }
+    return keep_policy_section(root, &cfg->policy, err);
 }
 
 static void hash_sections(ag_config *cfg, const cJSON *root)
@@ -453,11 +479,14 @@ static void config_free(ag_config *cfg)
     ag_conf_strv_free(cfg->allow_paths);
     free(cfg->admin_address);
     free(cfg->source);
-    cJSON_Delete(cfg->auth);
-    cJSON_Delete(cfg->credential);
-    cJSON_Delete(cfg->rate_limits);
+    ag_auth_config_free(&cfg->auth);
+    if (cfg->has_credential)
+        ag_credential_config_free(&cfg->credential);
+    if (cfg->has_rate_limits)
+        ag_limit_config_clear(&cfg->rate_limits);
+    if (cfg->has_audit)
+        ag_audit_config_free(&cfg->audit);
     cJSON_Delete(cfg->policy);
-    cJSON_Delete(cfg->audit);
     free(cfg);
 }
 
@@ -485,14 +514,18 @@ static int parse_root(cJSON *root, ag_config *cfg, ag_conf_err *err)
         return -1;
 
     const cJSON *admin = ag_conf_get(root, "admin");
+    ag_metrics_conf_default(&cfg->metrics);
     if (admin) {
-        static const char *const keys[] = {"address", "port", NULL};
+        static const char *const keys[] = {"address", "port", "metrics", NULL};
         long long port = 9901;
         if (ag_conf_object(admin, "admin", keys, err) ||
             ag_conf_string(admin, "admin", "address", true, &cfg->admin_address, err) ||
             ag_conf_int(admin, "admin", "port", 0, 65535, &port, err))
             return -1;
         cfg->admin_port = (int)port;
+        const cJSON *m = ag_conf_get(admin, "metrics");
+        if (m && ag_metrics_conf_parse(m, "admin.metrics", &cfg->metrics, err))
+            return -1;
     }
 
     cfg->limits = (ag_limits_conf){
@@ -531,11 +564,7 @@ static int parse_root(cJSON *root, ag_config *cfg, ag_conf_err *err)
             return -1;
     }
 
-    if (keep_pending_section(root, "auth", &cfg->auth, err) ||
-        keep_pending_section(root, "credential", &cfg->credential, err) ||
-        keep_pending_section(root, "rate_limits", &cfg->rate_limits, err) ||
-        keep_pending_section(root, "policy", &cfg->policy, err) ||
-        keep_pending_section(root, "audit", &cfg->audit, err))
+    if (parse_stage_sections(root, cfg, err))
         return -1;
     hash_sections(cfg, root);
     return 0;

@@ -13,6 +13,8 @@
 #include <llhttp.h>
 
 #include "aoai_guard/clock.h"
+#include "aoai_guard/credential.h"
+#include "aoai_guard/runtime.h"
 #include "aoai_guard/conn.h"
 #include "aoai_guard/http.h"
 #include "aoai_guard/log.h"
@@ -98,7 +100,7 @@ static bool drop_request_header(const ag_request *r, const ag_upstream_conf *up,
 }
 
 int ag_forward_write_head(const ag_request *r, const ag_upstream_conf *up, size_t body_len,
-                          struct evbuffer *out)
+                          const char *bearer, struct evbuffer *out)
 {
     evbuffer_add_printf(out, "%s %s HTTP/1.1\r\nHost: %s\r\n", r->method_str, r->target, up->host_header);
     for (size_t i = 0; i < r->nheaders; i++) {
@@ -113,6 +115,8 @@ int ag_forward_write_head(const ag_request *r, const ag_upstream_conf *up, size_
     }
     if (up->auth == AG_UPSTREAM_AUTH_API_KEY)
         evbuffer_add_printf(out, "api-key: %s\r\n", up->api_key);
+    else if (up->auth == AG_UPSTREAM_AUTH_ENTRA && bearer)
+        evbuffer_add_printf(out, "Authorization: Bearer %s\r\n", bearer);
     if (r->cfg->forward_client_ip)
         evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", r->client_addr);
     bool has_body = body_len > 0 || strcmp(r->method_str, "POST") == 0 || strcmp(r->method_str, "PUT") == 0 ||
@@ -556,7 +560,20 @@ static void ex_send(ag_exchange *ex)
     struct evbuffer *out = bufferevent_get_output(uc->bev);
     const char *body = r->forward_body ? r->forward_body : r->body;
     size_t blen = r->forward_body ? r->forward_body_len : r->body_len;
-    ag_forward_write_head(r, up->conf, blen, out);
+    ag_token *tok = NULL;
+    if (up->conf->auth == AG_UPSTREAM_AUTH_ENTRA) {
+        ag_credential *cred = r->worker->rt->svc.credential;
+        tok = cred ? ag_credential_token(cred, AG_SCOPE_COGNITIVE) : NULL;
+        if (!tok) {
+            ag_log(AG_LOG_ERROR, r->id, "upstream %s: no Entra token for Azure OpenAI yet", up->conf->name);
+            ex_fail(ex, 503, "ServiceUnavailable", "The gateway has no credential for the upstream yet.",
+                    "no_credential");
+            return;
+        }
+    }
+    ag_forward_write_head(r, up->conf, blen, tok ? ag_token_value(tok) : NULL, out);
+    if (tok)
+        ag_token_release(tok);
     if (blen)
         evbuffer_add(out, body, blen);
     llhttp_init(&ex->parser, HTTP_RESPONSE, &resp_settings);

@@ -1,7 +1,9 @@
 /* The stage engine: runs a request through the pipeline stages in order (see request.h). */
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
+#include "aoai_guard/auth_stage.h"
 #include "aoai_guard/clock.h"
 #include "aoai_guard/conn.h"
 #include "aoai_guard/forward.h"
@@ -9,13 +11,6 @@
 #include "aoai_guard/log.h"
 #include "aoai_guard/request.h"
 #include "aoai_guard/route.h"
-
-/* Authentication: who is calling. With auth.mode "none" every caller is anonymous. */
-static ag_stage_result stage_authenticate(ag_request *r)
-{
-    r->identity.kind = AG_IDENTITY_ANONYMOUS;
-    return AG_STAGE_NEXT;
-}
 
 /* The body is read only after the header-phase stages admitted the request, so an unauthenticated
  * caller never makes us buffer max_body_bytes. */
@@ -109,9 +104,10 @@ typedef struct stage {
 
 static const stage stages[] = {
     {"route", ag_route_stage},
-    {"authenticate", stage_authenticate},
+    {"authenticate", ag_auth_stage_authenticate},
     {"read_body", stage_read_body},
     {"parse_body", stage_parse_body},
+    {"authorize", ag_auth_stage_authorize},
     {"admit", stage_admit},
     {"inspect", stage_inspect},
     {"forward", ag_forward_stage},
@@ -133,6 +129,13 @@ void ag_pipeline_run(ag_request *r)
     r->in_pipeline = false;
     if (r->done_pending)
         ag_conn_request_done(r->conn); /* frees r */
+}
+
+void ag_pipeline_retry_stage(ag_request *r)
+{
+    if (r->stage > 0)
+        r->stage--;
+    ag_pipeline_resume(r);
 }
 
 void ag_pipeline_resume(ag_request *r)

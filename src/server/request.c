@@ -114,8 +114,8 @@ void ag_request_assign_id(ag_request *r)
              b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
 }
 
-void ag_request_error(ag_request *r, int status, const char *code, const char *message,
-                      const char *extra_headers, bool close)
+void ag_request_error_body(ag_request *r, int status, const char *code, const char *body, size_t blen,
+                           const char *extra_headers, bool close)
 {
     if (r->response_started) {
         ag_response_abort(r, "gateway_error");
@@ -126,6 +126,23 @@ void ag_request_error(ag_request *r, int status, const char *code, const char *m
     r->error_code = code;
     if (close)
         r->keep_alive = false;
+    char head[2048];
+    uint64_t now = ag_mono_ns();
+    double gw_ms = (double)(r->gateway_ns ? r->gateway_ns : now - (r->t_head ? r->t_head : r->t_start)) / 1e6;
+    int hl = snprintf(head, sizeof head,
+                      "Content-Type: application/json\r\nx-request-id: %s\r\n"
+                      "Server-Timing: gateway;dur=%.3f\r\n%s%s",
+                      r->id, gw_ms, r->ratelimit_headers, extra_headers ? extra_headers : "");
+    if (hl < 0 || (size_t)hl >= sizeof head)
+        hl = 0;
+    ag_response_begin(r, status, head, (size_t)hl, (long long)blen);
+    ag_response_body(r, body, blen);
+    ag_response_end(r);
+}
+
+void ag_request_error(ag_request *r, int status, const char *code, const char *message,
+                      const char *extra_headers, bool close)
+{
     char body[1024];
     ag_jsonw w;
     ag_jw_init(&w, body, sizeof body);
@@ -136,19 +153,7 @@ void ag_request_error(ag_request *r, int status, const char *code, const char *m
     ag_jw_kv_str(&w, "message", message);
     ag_jw_object_end(&w);
     ag_jw_object_end(&w);
-    size_t blen = ag_jw_len(&w);
-    char head[2048];
-    uint64_t now = ag_mono_ns();
-    double gw_ms = (double)(r->gateway_ns ? r->gateway_ns : now - (r->t_head ? r->t_head : r->t_start)) / 1e6;
-    int hl = snprintf(head, sizeof head,
-                      "Content-Type: application/json\r\nx-request-id: %s\r\n"
-                      "Server-Timing: gateway;dur=%.3f\r\n%s",
-                      r->id, gw_ms, extra_headers ? extra_headers : "");
-    if (hl < 0 || (size_t)hl >= sizeof head)
-        hl = 0;
-    ag_response_begin(r, status, head, (size_t)hl, (long long)blen);
-    ag_response_body(r, body, blen);
-    ag_response_end(r);
+    ag_request_error_body(r, status, code, body, ag_jw_len(&w), extra_headers, close);
 }
 
 void ag_request_add_completion(ag_request *r, const char *text, size_t len)

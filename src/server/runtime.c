@@ -17,6 +17,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include "aoai_guard/clock.h"
 #include "aoai_guard/log.h"
 
 static struct event *worker_exit_ev;
@@ -86,12 +87,30 @@ static void admin_healthz(struct evhttp_request *req, void *arg)
 static void admin_readyz(struct evhttp_request *req, void *arg)
 {
     ag_runtime *rt = arg;
-    if (atomic_load(&rt->draining))
+    const char *why = NULL;
+    char body[160];
+    if (atomic_load(&rt->draining)) {
         admin_reply(req, 503, "{\"status\":\"draining\"}");
-    else if (!atomic_load(&rt->ready))
+    } else if (!atomic_load(&rt->ready)) {
         admin_reply(req, 503, "{\"status\":\"starting\"}");
-    else
+    } else if (!ag_services_ready(&rt->svc, &why)) {
+        snprintf(body, sizeof body, "{\"status\":\"not_ready\",\"reason\":\"%s\"}", why);
+        admin_reply(req, 503, body);
+    } else {
         admin_reply(req, 200, "{\"status\":\"ready\"}");
+    }
+}
+
+static void admin_metrics(struct evhttp_request *req, void *arg)
+{
+    ag_runtime *rt = arg;
+    struct evbuffer *out = evhttp_request_get_output_buffer(req);
+    if (ag_metrics_render(rt->svc.metrics, out) != 0) {
+        evhttp_send_error(req, 500, "metrics rendering failed");
+        return;
+    }
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", AG_METRICS_CONTENT_TYPE);
+    evhttp_send_reply(req, 200, "OK", NULL);
 }
 
 static void admin_other(struct evhttp_request *req, void *arg)
@@ -118,6 +137,7 @@ static int admin_start(ag_runtime *rt, const ag_config *cfg, char *err, size_t e
     evhttp_set_allowed_methods(rt->admin, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
     evhttp_set_cb(rt->admin, "/healthz", admin_healthz, rt);
     evhttp_set_cb(rt->admin, "/readyz", admin_readyz, rt);
+    evhttp_set_cb(rt->admin, "/metrics", admin_metrics, rt);
     evhttp_set_gencb(rt->admin, admin_other, rt);
     return 0;
 }
@@ -146,6 +166,12 @@ static void runtime_reload(ag_runtime *rt)
     ag_config *next = ag_config_load_file(rt->config_path, &err);
     if (!next) {
         ag_log(AG_LOG_ERROR, NULL, "configuration reload rejected, keeping the running one: %s", err.msg);
+        return;
+    }
+    char why[256];
+    if (ag_services_reload_check(rt->cfg, next, why, sizeof why) != 0) {
+        ag_log(AG_LOG_ERROR, NULL, "configuration reload rejected, keeping the running one: %s", why);
+        ag_config_unref(next);
         return;
     }
     if (!listeners_equal(rt->cfg, next)) {
@@ -268,6 +294,10 @@ int ag_runtime_run(ag_runtime *rt, ag_config *cfg)
             rt->listen_ports[l] = bound;
         }
     }
+    if (ag_services_start(&rt->svc, rt, rt->base, cfg, nw, err, sizeof err) != 0) {
+        ag_log(AG_LOG_ERROR, NULL, "%s", err);
+        goto out;
+    }
     if (admin_start(rt, cfg, err, sizeof err) != 0) {
         ag_log(AG_LOG_ERROR, NULL, "admin: %s", err);
         goto out;
@@ -316,6 +346,7 @@ out:
     for (size_t w = 0; rt->workers && w < nw; w++)
         if (rt->workers[w].base)
             ag_worker_destroy(&rt->workers[w]);
+    ag_services_stop(&rt->svc, ag_wall_ms() + (rt->cfg ? rt->cfg->drain_timeout_ms : 5000));
     for (size_t i = 0; rt->listen_fds && i < nw * nl; i++)
         if (rt->listen_fds[i] >= 0)
             close(rt->listen_fds[i]);

@@ -3,3 +3,4 @@ target_sources(aoai_core PRIVATE ${CMAKE_CURRENT_LIST_DIR}/http.c)
 target_sources(aoai_core PRIVATE ${CMAKE_CURRENT_LIST_DIR}/conn.c ${CMAKE_CURRENT_LIST_DIR}/request.c
   ${CMAKE_CURRENT_LIST_DIR}/pipeline.c)
 target_sources(aoai_core PRIVATE ${CMAKE_CURRENT_LIST_DIR}/worker.c ${CMAKE_CURRENT_LIST_DIR}/runtime.c)
+target_sources(aoai_core PRIVATE ${CMAKE_CURRENT_LIST_DIR}/services.c)

@@ -51,6 +51,7 @@ typedef struct ag_conn {
     bool reaped;                       /* on the worker's reap list */
     bool peer_gone;                    /* EOF or error seen on the socket */
     bool in_input;                     /* conn_process_input is on the stack */
+    bool counted;                      /* in the open-connections gauge */
     ag_conn_drain_fn drain_fn;         /* called when the output drains below the low mark */
     void *drain_arg;
 } ag_conn;

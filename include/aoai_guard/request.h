@@ -23,6 +23,7 @@
 
 #include "aoai_guard/config.h"
 #include "aoai_guard/identity.h"
+#include "aoai_guard/ratelimit_config.h"
 
 struct ag_conn;
 struct ag_worker;
@@ -113,6 +114,9 @@ typedef struct ag_request {
     struct event *park_timer;
     struct ag_limit_ticket *limit_ticket; /* rate-limit reservation, reconciled at the end */
     char ratelimit_headers[512];    /* x-ratelimit-* lines added to the response */
+    bool limit_refused;
+    char limit_policy[AG_LIMIT_NAME_MAX + 2]; /* the policy that refused */
+    long long limit_estimate;       /* tokens reserved at admission (-1: none) */
 
     /* response */
     int status;                     /* sent to the client */

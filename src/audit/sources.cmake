@@ -8,3 +8,4 @@ target_sources(aoai_core PRIVATE
   ${CMAKE_CURRENT_LIST_DIR}/audit_config.c
   ${CMAKE_CURRENT_LIST_DIR}/audit_monitor.c
   ${CMAKE_CURRENT_LIST_DIR}/audit.c)
+target_sources(aoai_core PRIVATE ${CMAKE_CURRENT_LIST_DIR}/audit_stage.c)

@@ -244,6 +244,9 @@ static void ex_send_head(ag_exchange *ex)
         size_t nl = ex->hname[i][1];
         if (drop_response_header(n, nl))
             continue;
+        /* With our own limits in force, the caller sees our x-ratelimit-* values, not Azure's. */
+        if (r->ratelimit_headers[0] && nl > 12 && strncasecmp(n, "x-ratelimit-", 12) == 0)
+            continue;
         evbuffer_add(hb, n, nl);
         evbuffer_add(hb, ": ", 2);
         evbuffer_add(hb, ex->rh + ex->hvalue[i][0], ex->hvalue[i][1]);
@@ -252,8 +255,8 @@ static void ex_send_head(ag_exchange *ex)
     uint64_t now = ag_mono_ns();
     double upstream_ms = (double)(r->t_upstream_head - r->t_upstream_sent) / 1e6;
     double gateway_ms = (double)(r->gateway_ns + (now - r->t_upstream_head)) / 1e6;
-    evbuffer_add_printf(hb, "x-request-id: %s\r\nServer-Timing: gateway;dur=%.3f, upstream;dur=%.3f\r\n",
-                        r->id, gateway_ms, upstream_ms);
+    evbuffer_add_printf(hb, "x-request-id: %s\r\nServer-Timing: gateway;dur=%.3f, upstream;dur=%.3f\r\n%s",
+                        r->id, gateway_ms, upstream_ms, r->ratelimit_headers);
     size_t hl = evbuffer_get_length(hb);
     long long cl = (ex->parser.flags & F_CONTENT_LENGTH) ? (long long)ex->parser.content_length : -1;
     ag_response_begin(r, ex->parser.status_code, (const char *)evbuffer_pullup(hb, -1), hl, cl);

@@ -29,6 +29,7 @@
 #include "aoai_guard/clock.h"
 #include "aoai_guard/http.h"
 #include "aoai_guard/log.h"
+#include "aoai_guard/request_metrics.h"
 #include "aoai_guard/runtime.h"
 
 #define OUT_HIGH_WATER (256 * 1024)  /* pause the upstream above this much unsent client data */
@@ -323,6 +324,8 @@ void ag_conn_accept(ag_worker *w, int fd, const struct sockaddr *sa, int socklen
     c->parser.data = c;
     TAILQ_INSERT_TAIL(&w->conns, c, link);
     w->nconns++;
+    ag_request_metrics_connection(w, +1);
+    c->counted = true;
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
     bufferevent_setwatermark(c->bev, EV_READ, 0, IN_HIGH_WATER);
     bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW_WATER, 0);
@@ -359,6 +362,8 @@ void ag_conn_free(ag_conn *c)
             SSL_shutdown(ssl); /* best-effort close_notify */
         bufferevent_free(c->bev);
         atomic_fetch_sub(&c->worker->rt->connections, 1);
+        if (c->counted)
+            ag_request_metrics_connection(c->worker, -1);
     }
     ag_config_unref(c->cfg);
     free(c);

@@ -3,7 +3,9 @@
 #include <string.h>
 #include <strings.h>
 
+#include "aoai_guard/audit_stage.h"
 #include "aoai_guard/auth_stage.h"
+#include "aoai_guard/limit_stage.h"
 #include "aoai_guard/clock.h"
 #include "aoai_guard/conn.h"
 #include "aoai_guard/forward.h"
@@ -85,12 +87,6 @@ static ag_stage_result stage_parse_body(ag_request *r)
     return AG_STAGE_NEXT;
 }
 
-/* Admission (rate limits, token quotas): none configured in this build's config yet. */
-static ag_stage_result stage_admit(ag_request *r)
-{
-    return AG_STAGE_NEXT;
-}
-
 /* Inspection (prompt policy): none configured in this build's config yet. */
 static ag_stage_result stage_inspect(ag_request *r)
 {
@@ -108,7 +104,8 @@ static const stage stages[] = {
     {"read_body", stage_read_body},
     {"parse_body", stage_parse_body},
     {"authorize", ag_auth_stage_authorize},
-    {"admit", stage_admit},
+    {"admit_audit", ag_audit_stage_admit},
+    {"admit", ag_limit_stage_admit},
     {"inspect", stage_inspect},
     {"forward", ag_forward_stage},
 };

@@ -8,7 +8,10 @@
 
 #include <openssl/rand.h>
 
+#include "aoai_guard/audit_stage.h"
 #include "aoai_guard/clock.h"
+#include "aoai_guard/limit_stage.h"
+#include "aoai_guard/request_metrics.h"
 #include "aoai_guard/conn.h"
 #include "aoai_guard/forward.h"
 #include "aoai_guard/jsonw.h"
@@ -31,6 +34,7 @@ ag_request *ag_request_new(struct ag_conn *c)
     r->http_major = 1;
     r->http_minor = 1;
     r->wall_start_ms = ag_wall_ms();
+    r->limit_estimate = -1;
     r->t_start = ag_mono_ns();
     r->worker->active_requests++;
     return r;
@@ -42,6 +46,7 @@ void ag_request_free(ag_request *r)
         return;
     if (r->on_free)
         r->on_free(r, r->on_free_arg);
+    ag_limit_stage_abandon(r);
     if (r->ex)
         ag_exchange_cancel(r->ex);
     r->ex = NULL;
@@ -192,6 +197,11 @@ static double ms_between(uint64_t a, uint64_t b)
 
 void ag_request_finish(ag_request *r)
 {
+    if (r->head_done) {
+        ag_limit_stage_finish(r);
+        ag_request_metrics_done(r);
+        ag_audit_stage_record(r);
+    }
     uint64_t now = ag_mono_ns();
     if (!r->cfg->access_log || !r->head_done) {
         if (!r->head_done)

@@ -196,6 +196,9 @@ static void runtime_reload(ag_runtime *rt)
     }
     ag_log(AG_LOG_INFO, NULL, "configuration reloaded from %s (sha256 %s.. -> %s..; changed: %s)",
            rt->config_path, oldh, newh, changed[0] ? changed : "nothing");
+    if (rt->svc.audit)
+        ag_audit_event(rt->svc.audit, AG_EVENT_CONFIG_RELOAD, "old_hash", oldh, "new_hash", newh, "changed",
+                       changed[0] ? changed : "", NULL);
     ag_config_unref(old);
 }
 
@@ -331,6 +334,8 @@ int ag_runtime_run(ag_runtime *rt, ag_config *cfg)
     ag_log(AG_LOG_INFO, NULL, "aoai-guard %s started: %lld workers, %zu upstreams, config %s", AG_VERSION,
            cfg->workers, cfg->nupstreams, cfg->source);
     atomic_store(&rt->ready, true);
+    if (rt->svc.audit)
+        ag_audit_event(rt->svc.audit, AG_EVENT_START, "version", AG_VERSION, "config", cfg->source, NULL);
     if (write_port_file(rt) != 0)
         ag_log(AG_LOG_ERROR, NULL, "cannot write the port file %s", rt->port_file);
 
@@ -340,6 +345,8 @@ int ag_runtime_run(ag_runtime *rt, ag_config *cfg)
         pthread_join(rt->workers[w].thread, NULL);
     for (int i = 0; signums[i]; i++)
         event_free(sigs[i]);
+    if (rt->svc.audit)
+        ag_audit_event(rt->svc.audit, AG_EVENT_STOP, "reason", "signal", NULL);
     ag_log(AG_LOG_INFO, NULL, "stopped");
     status = 0;
 out:

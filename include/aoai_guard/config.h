@@ -104,7 +104,7 @@ typedef struct ag_config {
     ag_limit_config rate_limits;
     bool has_audit;                  /* absent section: no audit trail (logged at start) */
     ag_audit_config audit;
-    cJSON *policy;                   /* kept as JSON until the policy stage parses it */
+    struct ag_policy *policy;        /* compiled prompt policy; NULL when the section is absent */
 } ag_config;
 
 /* Loads and validates a configuration file; NULL with err naming the key on any problem. */

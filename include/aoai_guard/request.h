@@ -23,6 +23,7 @@
 
 #include "aoai_guard/config.h"
 #include "aoai_guard/identity.h"
+#include "aoai_guard/policy.h"
 #include "aoai_guard/ratelimit_config.h"
 
 struct ag_conn;
@@ -117,6 +118,8 @@ typedef struct ag_request {
     bool limit_refused;
     char limit_policy[AG_LIMIT_NAME_MAX + 2]; /* the policy that refused */
     long long limit_estimate;       /* tokens reserved at admission (-1: none) */
+    ag_policy_decisions policy_decisions; /* rule names point into cfg->policy */
+    const char *policy_verdict;     /* "allow", "modified", "block", ... (NULL: no policy) */
 
     /* response */
     int status;                     /* sent to the client */

@@ -34,6 +34,7 @@ TAILQ_HEAD(ag_request_list, ag_request);
 struct ag_token_cache;
 struct ag_jwks;
 struct ag_limiter;
+struct ag_policy_scratch;
 
 typedef struct ag_worker {
     int index;
@@ -55,6 +56,7 @@ typedef struct ag_worker {
     struct ag_jwks *keys;                 /* the key set this worker validates with (a reference) */
     struct ag_request_list parked;        /* requests waiting for a JWKS refetch */
     struct ag_limiter *limiter;           /* rate limits: this worker's client of the store */
+    struct ag_policy_scratch *policy_scratch; /* prompt policy matching space */
     unsigned metrics_shard;
 
     pthread_mutex_t qlock;                /* guards qhead/qtail only */

@@ -80,6 +80,9 @@ void ag_audit_stage_record(ag_request *r)
         ag_audit_copy_field(rec->rate_limit_policy, sizeof rec->rate_limit_policy, r->limit_policy);
     }
     rec->completion_reason = completion_of(r);
+    for (unsigned i = 0; i < r->policy_decisions.count; i++)
+        ag_audit_record_add_decision(rec, r->policy_decisions.items[i].rule,
+                                     ag_policy_action_name(r->policy_decisions.items[i].action));
     /* The prompt is the body as forwarded (after redaction when policy rewrote it). */
     const char *prompt = r->forward_body ? r->forward_body : r->body;
     size_t plen = r->forward_body ? r->forward_body_len : r->body_len;

@@ -13,6 +13,7 @@
 
 #include "aoai_guard/json_strict.h"
 #include "aoai_guard/log.h"
+#include "aoai_guard/policy.h"
 
 #define MAX_CONFIG_BYTES (4 * 1024 * 1024)
 
@@ -386,22 +387,6 @@ static int parse_log(const cJSON *obj, ag_config *cfg, ag_conf_err *err)
                : 0;
 }
 
-/* The policy section is parsed by the policy stage; until it is wired, a non-empty section is
- * refused so that a security setting is never accepted and silently ignored. */
-static int keep_policy_section(const cJSON *root, cJSON **out, ag_conf_err *err)
-{
-    const cJSON *v = ag_conf_get(root, "policy");
-    if (!v)
-        return 0;
-    if (!cJSON_IsObject(v))
-        return ag_conf_fail(err, "policy", NULL, "must be a JSON object");
-    for (const cJSON *c = v->child; c; c = c->next)
-        if (strncmp(c->string, "//", 2) != 0)
-            return ag_conf_fail(err, "policy", NULL, "this build does not implement this section yet");
-    *out = cJSON_Duplicate(v, true);
-    return *out ? 0 : ag_conf_fail(err, "policy", NULL, "out of memory");
-}
-
 /* The stage sections, each through its own parser (errors name the exact key). */
 static int parse_stage_sections(const cJSON *root, ag_config *cfg, ag_conf_err *err)
 {
@@ -432,7 +417,10 @@ static int parse_stage_sections(const cJSON *root, ag_config *cfg, ag_conf_err *
             return -1;
         cfg->has_rate_limits = true;
     }
-    return keep_policy_section(root, &cfg->policy, err);
+    const cJSON *pol = ag_conf_get(root, "policy");
+    if (pol && ag_policy_load(pol, "policy", &cfg->policy, err))
+        return -1;
+    return 0;
 }
 
 static void hash_sections(ag_config *cfg, const cJSON *root)
@@ -486,7 +474,8 @@ static void config_free(ag_config *cfg)
         ag_limit_config_clear(&cfg->rate_limits);
     if (cfg->has_audit)
         ag_audit_config_free(&cfg->audit);
-    cJSON_Delete(cfg->policy);
+    if (cfg->policy)
+        ag_policy_free(cfg->policy);
     free(cfg);
 }
 

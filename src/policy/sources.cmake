@@ -8,3 +8,4 @@ target_sources(aoai_core PRIVATE
   ${CMAKE_CURRENT_LIST_DIR}/policy_match.c
   ${CMAKE_CURRENT_LIST_DIR}/policy_request.c
   ${CMAKE_CURRENT_LIST_DIR}/policy_stream.c)
+target_sources(aoai_core PRIVATE ${CMAKE_CURRENT_LIST_DIR}/policy_stage.c)

@@ -6,6 +6,7 @@
 #include "aoai_guard/audit_stage.h"
 #include "aoai_guard/auth_stage.h"
 #include "aoai_guard/limit_stage.h"
+#include "aoai_guard/policy_stage.h"
 #include "aoai_guard/clock.h"
 #include "aoai_guard/conn.h"
 #include "aoai_guard/forward.h"
@@ -87,12 +88,6 @@ static ag_stage_result stage_parse_body(ag_request *r)
     return AG_STAGE_NEXT;
 }
 
-/* Inspection (prompt policy): none configured in this build's config yet. */
-static ag_stage_result stage_inspect(ag_request *r)
-{
-    return AG_STAGE_NEXT;
-}
-
 typedef struct stage {
     const char *name;
     ag_stage_result (*run)(ag_request *r);
@@ -106,7 +101,7 @@ static const stage stages[] = {
     {"authorize", ag_auth_stage_authorize},
     {"admit_audit", ag_audit_stage_admit},
     {"admit", ag_limit_stage_admit},
-    {"inspect", stage_inspect},
+    {"inspect", ag_policy_stage_inspect},
     {"forward", ag_forward_stage},
 };
 

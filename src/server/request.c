@@ -255,6 +255,13 @@ void ag_request_finish(ag_request *r)
         if (r->identity.name[0])
             ag_jw_kv_str(&w, "identity", r->identity.name);
     }
+    if (r->policy_verdict) {
+        char dec[512];
+        ag_policy_decisions_format(&r->policy_decisions, dec, sizeof dec);
+        ag_jw_kv_str(&w, "policy", r->policy_verdict);
+        if (dec[0])
+            ag_jw_kv_str(&w, "policy_decisions", dec);
+    }
     if (r->completion)
         ag_jw_kv_str(&w, "completion", r->completion);
     if (r->error_code)

@@ -15,6 +15,7 @@
 #include "aoai_guard/auth_stage.h"
 #include "aoai_guard/conn.h"
 #include "aoai_guard/limit_stage.h"
+#include "aoai_guard/policy_stage.h"
 #include "aoai_guard/log.h"
 #include "aoai_guard/runtime.h"
 #include "aoai_guard/upstream.h"
@@ -101,7 +102,8 @@ int ag_worker_init(ag_worker *w, struct ag_runtime *rt, int index, ag_config *cf
     event_add(w->wake, NULL);
     w->cfg = ag_config_ref(cfg);
     w->metrics_shard = (unsigned)index;
-    if (ag_auth_stage_worker_init(w) != 0 || ag_limit_stage_worker_init(w) != 0)
+    if (ag_auth_stage_worker_init(w) != 0 || ag_limit_stage_worker_init(w) != 0 ||
+        ag_policy_stage_worker_init(w) != 0)
         return -1;
     w->upstreams = ag_upstream_set_new(w, cfg);
     if (!w->upstreams)
@@ -152,6 +154,7 @@ void ag_worker_destroy(ag_worker *w)
     w->upstreams = NULL;
     ag_auth_stage_worker_free(w);
     ag_limit_stage_worker_free(w);
+    ag_policy_stage_worker_free(w);
     if (w->cfg)
         ag_config_unref(w->cfg);
     ag_worker_msg *m = w->qhead;

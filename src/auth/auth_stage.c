@@ -106,6 +106,13 @@ ag_stage_result ag_auth_stage_authenticate(ag_request *r)
         return AG_STAGE_NEXT;
     if (code == AG_AUTH_UNKNOWN_KID && !r->auth_retried && svc->jwks &&
         ag_jwks_manager_request_refresh(svc->jwks, w->keys ? ag_jwks_generation(w->keys) : 0)) {
+        /* A newer key set may have been published between our sync and the request: its round's
+         * wake-up could already be past, so validate against it now instead of parking. */
+        uint64_t held = w->keys ? ag_jwks_generation(w->keys) : 0;
+        if (ag_jwks_manager_generation(svc->jwks) != held) {
+            r->auth_retried = true;
+            return ag_auth_stage_authenticate(r);
+        }
         r->park_timer = evtimer_new(w->base, park_timeout_cb, r);
         if (r->park_timer) {
             struct timeval tv = {PARK_DEADLINE_MS / 1000, (PARK_DEADLINE_MS % 1000) * 1000};

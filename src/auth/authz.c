@@ -12,10 +12,15 @@ static bool any_in_list(char *const *words, const char *list)
     return false;
 }
 
+/* A request whose deployment is not known (a multipart v1 body, an allow-listed path) is granted
+ * only by a rule or key that grants every deployment: an unknown deployment must never slip past
+ * a list. */
 static bool deployment_listed(char *const *list, bool all, const char *deployment)
 {
-    if (all || !deployment || !deployment[0])
+    if (all)
         return true;
+    if (!deployment || !deployment[0])
+        return false;
     for (size_t i = 0; list && list[i]; i++)
         if (strcmp(list[i], deployment) == 0)
             return true;

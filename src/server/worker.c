@@ -18,6 +18,7 @@
 #include "aoai_guard/policy_stage.h"
 #include "aoai_guard/log.h"
 #include "aoai_guard/runtime.h"
+#include "aoai_guard/token_cache.h"
 #include "aoai_guard/upstream.h"
 
 int ag_worker_post(ag_worker *w, ag_worker_fn fn, void *arg)
@@ -185,6 +186,9 @@ void ag_worker_apply_config(ag_worker *w, void *cfg_ref)
     }
     ag_upstream_set_retire(w->upstreams);
     w->upstreams = set;
+    /* Cached verdicts were reached under the old auth rules (audiences, skew, algorithms...). */
+    if (w->token_cache && memcmp(w->cfg->section_sha256[6], cfg->section_sha256[6], 32) != 0)
+        ag_token_cache_clear(w->token_cache);
     ag_config_unref(w->cfg);
     w->cfg = cfg;
 }

@@ -199,9 +199,11 @@ static void test_rules(void)
     CHECK_INT(ag_authz_check(&cfg, &id, "embeddings", &res), AG_AUTH_OK);
     id = user_id("", "batch");
     CHECK_INT(ag_authz_check(&cfg, &id, "embeddings", &res), AG_AUTH_FORBIDDEN);
-    /* A route naming no deployment: allowed when some rule matches the identity. */
+    /* A route naming no deployment (multipart v1 body, allow-listed path): only a rule granting
+     * every deployment lets it through, so an unknown deployment cannot slip past a list. */
     id = app_id(APP1, "batch");
-    CHECK_INT(ag_authz_check(&cfg, &id, NULL, &res), AG_AUTH_OK);
+    CHECK_INT(ag_authz_check(&cfg, &id, NULL, &res), AG_AUTH_FORBIDDEN);
+    CHECK_INT(ag_authz_check(&cfg, &id, "", &res), AG_AUTH_FORBIDDEN);
     id = app_id(APP1, "nothing");
     CHECK_INT(ag_authz_check(&cfg, &id, "", &res), AG_AUTH_FORBIDDEN);
     /* Identities of another kind never match entra rules. */

@@ -19,6 +19,14 @@ for arg in "$@"; do
   esac
 done
 
+# node and npm (test-only, for the openai SDK compatibility test): Debian's only when none is on PATH.
+for arg in "$@"; do
+  if [ "$arg" = "--test" ] || [ "$arg" = "--bench" ]; then
+    command -v node >/dev/null 2>&1 || want+=(nodejs)
+    command -v npm >/dev/null 2>&1 || want+=(npm)
+  fi
+done
+
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,6 +8,11 @@
 
 typedef struct ag_exchange ag_exchange;
 
+/* Pipeline stage: a streamed chat/completions or completions request that does not ask for
+ * stream_options.include_usage gets it added, so the final usage is known for token accounting;
+ * the extra usage chunk is then removed from what the caller receives. */
+ag_stage_result ag_forward_prepare_stage(ag_request *req);
+
 /* Pipeline stage: starts the exchange; always returns AG_STAGE_WAIT or AG_STAGE_DONE. */
 ag_stage_result ag_forward_stage(ag_request *req);
 /* Stops the exchange and frees it (the request is going away). */

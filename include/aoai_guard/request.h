@@ -131,6 +131,7 @@ typedef struct ag_request {
     int attempts;                   /* upstream attempts made */
     ag_usage usage;
     bool stream;                    /* SSE response */
+    bool strip_usage;               /* we asked Azure for include_usage: drop that chunk for the caller */
     const char *completion;         /* why the response ended: "complete", "client_disconnected", "upstream_reset"... */
     const char *error_code;         /* our error code when we answered, for the access log */
     struct ag_exchange *ex;

@@ -17,7 +17,8 @@ int ag_usage_parse(const cJSON *usage, ag_usage *out);
 void ag_usage_from_json_response(ag_request *req, const char *body, size_t len);
 
 /* Takes usage and text deltas from one streamed event (chat/completions chunks or Responses API
- * typed events). Returns 0. */
+ * typed events). Returns 1 when the event is the usage-only chunk that include_usage adds
+ * ("choices":[] with a usage object), else 0. */
 int ag_usage_from_sse_event(ag_request *req, const ag_sse_event *ev);
 
 #endif

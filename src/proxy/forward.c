@@ -266,7 +266,11 @@ static void ex_send_head(ag_exchange *ex)
 
 static int sse_event_cb(void *arg, const ag_sse_event *ev)
 {
-    return ag_usage_from_sse_event(arg, ev);
+    ag_request *r = arg;
+    int usage_only = ag_usage_from_sse_event(r, ev);
+    if (r->strip_usage && !(usage_only == 1))
+        ag_response_body(r, ev->raw, ev->raw_len); /* filter mode: events go out whole */
+    return 0;
 }
 
 static int on_resp_headers_complete(llhttp_t *p)
@@ -308,7 +312,10 @@ static int on_resp_headers_complete(llhttp_t *p)
     snprintf(r->upstream, sizeof r->upstream, "%s", up->conf->name);
     if (ex->is_sse) {
         r->stream = true;
-        r->sse = ag_sse_parser_new(MAX_SSE_EVENT, sse_event_cb, r);
+        r->sse = r->strip_usage ? ag_sse_parser_new_raw(MAX_SSE_EVENT, sse_event_cb, r)
+                                : ag_sse_parser_new(MAX_SSE_EVENT, sse_event_cb, r);
+    } else {
+        r->strip_usage = false; /* not a stream after all: nothing to filter */
     }
     ex->state = EX_STREAMING;
     ex_send_head(ex);
@@ -324,9 +331,15 @@ static int on_resp_body(llhttp_t *p, const char *at, size_t len)
     if (ex->state != EX_STREAMING)
         return 0;
     ag_request *r = ex->req;
-    ag_response_body(r, at, len);
+    if (!(r->sse && r->strip_usage))
+        ag_response_body(r, at, len);
     if (r->sse) {
-        ag_sse_parser_feed(r->sse, at, len);
+        if (ag_sse_parser_feed(r->sse, at, len) != 0 && r->strip_usage) {
+            r->strip_usage = false; /* an event over the bound: give up filtering, pass bytes on */
+            size_t rl;
+            const char *rest = ag_sse_parser_rest(r->sse, &rl);
+            ag_response_body(r, rest, rl);
+        }
     } else if (ex->is_json && !r->resp_json_overflow) {
         if (r->resp_json_len + len > MAX_JSON_KEEP) {
             r->resp_json_overflow = true;
@@ -406,6 +419,11 @@ static void ex_fail(ag_exchange *ex, int status, const char *code, const char *m
 static void ex_finish(ag_exchange *ex)
 {
     ag_request *r = ex->req;
+    if (r->sse && r->strip_usage) {
+        size_t rl;
+        const char *rest = ag_sse_parser_rest(r->sse, &rl);
+        ag_response_body(r, rest, rl);
+    }
     if (ex->is_json && r->resp_json && !r->resp_json_overflow)
         ag_usage_from_json_response(r, r->resp_json, r->resp_json_len);
     bool reusable = llhttp_should_keep_alive(&ex->parser);
@@ -652,6 +670,36 @@ static void ex_attempt(ag_exchange *ex)
         ag_log(AG_LOG_WARN, r->id, "upstream %s: %s", ex->set->ups[idx].conf->name, err ? err : "connect failed");
         ex_attempt(ex);
     }
+}
+
+ag_stage_result ag_forward_prepare_stage(ag_request *r)
+{
+    if (!r->json || !r->stream)
+        return AG_STAGE_NEXT;
+    if (strcmp(r->route.operation, "chat/completions") != 0 && strcmp(r->route.operation, "completions") != 0)
+        return AG_STAGE_NEXT;
+    cJSON *doc = r->forward_body ? cJSON_ParseWithLength(r->forward_body, r->forward_body_len) : r->json;
+    if (!doc)
+        return AG_STAGE_NEXT;
+    cJSON *so = cJSON_GetObjectItemCaseSensitive(doc, "stream_options");
+    bool asked = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(so, "include_usage"));
+    if (!asked && (!so || cJSON_IsObject(so))) {
+        if (!so)
+            so = cJSON_AddObjectToObject(doc, "stream_options");
+        cJSON_DeleteItemFromObjectCaseSensitive(so, "include_usage");
+        if (so && cJSON_AddTrueToObject(so, "include_usage")) {
+            char *text = cJSON_PrintUnformatted(doc);
+            if (text) {
+                free(r->forward_body);
+                r->forward_body = text;
+                r->forward_body_len = strlen(text);
+                r->strip_usage = true;
+            }
+        }
+    }
+    if (doc != r->json)
+        cJSON_Delete(doc);
+    return AG_STAGE_NEXT;
 }
 
 ag_stage_result ag_forward_stage(ag_request *r)

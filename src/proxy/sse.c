@@ -19,6 +19,9 @@ struct ag_sse_parser {
     bool started;        /* past a possible BOM */
     bool failed;
     size_t events;
+    bool keep_raw;
+    char *raw;           /* keep_raw: bytes since the last dispatched event */
+    size_t raw_len, raw_cap;
 };
 
 ag_sse_parser *ag_sse_parser_new(size_t max_event_bytes, ag_sse_event_fn fn, void *arg)
@@ -32,10 +35,25 @@ ag_sse_parser *ag_sse_parser_new(size_t max_event_bytes, ag_sse_event_fn fn, voi
     return p;
 }
 
+ag_sse_parser *ag_sse_parser_new_raw(size_t max_event_bytes, ag_sse_event_fn fn, void *arg)
+{
+    ag_sse_parser *p = ag_sse_parser_new(max_event_bytes, fn, arg);
+    if (p)
+        p->keep_raw = true;
+    return p;
+}
+
+const char *ag_sse_parser_rest(const ag_sse_parser *p, size_t *len)
+{
+    *len = p->raw_len;
+    return p->raw ? p->raw : "";
+}
+
 void ag_sse_parser_free(ag_sse_parser *p)
 {
     if (!p)
         return;
+    free(p->raw);
     free(p->line);
     free(p->data);
     free(p);
@@ -69,9 +87,11 @@ static int dispatch(ag_sse_parser *p)
         p->event_len = 0;
         return 0;
     }
-    ag_sse_event ev = {p->event, p->event_len, p->data ? p->data : "", p->data_len};
+    ag_sse_event ev = {p->event, p->event_len, p->data ? p->data : "", p->data_len,
+                       p->raw ? p->raw : "", p->raw_len};
     p->events++;
     int rc = p->fn(p->arg, &ev);
+    p->raw_len = 0;
     p->data_len = 0;
     p->has_data = false;
     p->event_len = 0;
@@ -120,12 +140,36 @@ int ag_sse_parser_feed(ag_sse_parser *p, const char *data, size_t len)
     size_t i = 0;
     if (!p->started && len) {
         static const char bom[] = "\xEF\xBB\xBF";
-        if (len >= 3 && memcmp(data, bom, 3) == 0)
+        if (len >= 3 && memcmp(data, bom, 3) == 0) {
             i = 3;
+            if (p->keep_raw) {
+                if (grow(&p->raw, &p->raw_cap, p->raw_len + 4, p->max * 2 + 1024)) {
+                    p->failed = true;
+                    return -1;
+                }
+                memcpy(p->raw + p->raw_len, bom, 3);
+                p->raw_len += 3;
+            }
+        }
         p->started = true;
     }
     while (i < len) {
         char c = data[i];
+        if (p->keep_raw) {
+            /* The next ordinary run or the single terminator about to be consumed. */
+            size_t j = i;
+            if (c != '\r' && c != '\n')
+                while (j < len && data[j] != '\r' && data[j] != '\n')
+                    j++;
+            else
+                j = i + 1;
+            if (grow(&p->raw, &p->raw_cap, p->raw_len + (j - i) + 1, p->max * 2 + 1024)) {
+                p->failed = true;
+                return -1;
+            }
+            memcpy(p->raw + p->raw_len, data + i, j - i);
+            p->raw_len += j - i;
+        }
         if (c == '\n' && p->after_cr) {
             p->after_cr = false;
             i++;

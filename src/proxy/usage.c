@@ -94,6 +94,7 @@ int ag_usage_from_sse_event(ag_request *r, const ag_sse_event *ev)
     cJSON *root = cJSON_ParseWithLength(ev->data, ev->data_len);
     if (!root)
         return 0;
+    int usage_only = 0;
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "type");
     if (cJSON_IsString(type) && strncmp(type->valuestring, "response.", 9) == 0) {
         const char *t = type->valuestring;
@@ -106,8 +107,11 @@ int ag_usage_from_sse_event(ag_request *r, const ag_sse_event *ev)
         }
     } else {
         take_choice_text(r, root, "delta");
-        ag_usage_parse(cJSON_GetObjectItemCaseSensitive(root, "usage"), &r->usage);
+        const cJSON *choices = cJSON_GetObjectItemCaseSensitive(root, "choices");
+        if (ag_usage_parse(cJSON_GetObjectItemCaseSensitive(root, "usage"), &r->usage) == 0 &&
+            cJSON_IsArray(choices) && cJSON_GetArraySize(choices) == 0)
+            usage_only = 1;
     }
     cJSON_Delete(root);
-    return 0;
+    return usage_only;
 }

@@ -102,6 +102,7 @@ static const stage stages[] = {
     {"admit_audit", ag_audit_stage_admit},
     {"admit", ag_limit_stage_admit},
     {"inspect", ag_policy_stage_inspect},
+    {"prepare", ag_forward_prepare_stage},
     {"forward", ag_forward_stage},
 };
 

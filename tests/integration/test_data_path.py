@@ -567,9 +567,11 @@ class CheckConfig(GatewayTestCase):
     def test_shipped_examples_are_valid(self):
         src = os.environ.get("AG_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
         crt, key = make_cert(self.tmp)
-        for name in ("dev.json", "aoai-guard.example.json"):
+        import re
+        for name in ("dev.json", "aoai-guard.example.json", "sidecar.json", "gateway.json"):
             with open(os.path.join(src, "conf", name)) as f:
-                text = f.read().replace("/etc/aoai-guard/tls/tls.crt", crt).replace("/etc/aoai-guard/tls/tls.key", key)
+                text = re.sub(r'"/etc/[^"]*\.crt"', json.dumps(crt), f.read())
+                text = re.sub(r'"/etc/[^"]*\.key"', json.dumps(key), text)
             path = os.path.join(self.tmp, name)
             with open(path, "w") as f:
                 f.write(text)

@@ -19,3 +19,6 @@ function(ag_integration_test name)
 endfunction()
 
 ag_integration_test(data_path)
+ag_integration_test(sdk)
+ag_integration_test(auth)
+ag_integration_test(limits)

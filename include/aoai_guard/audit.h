@@ -36,7 +36,7 @@ typedef struct ag_audit_counters {
     _Atomic long long queue_depth;     /* gauge: records waiting for the audit thread */
     _Atomic long long queue_overflow;  /* records parked in the overflow list (queue full, reject) */
     _Atomic long long rows_spooled;    /* rows appended to a spool (per azure_monitor sink) */
-    _Atomic long long spool_bytes;     /* gauge: bytes in all spools */
+    _Atomic long long spool_bytes;     /* gauge: spooled bytes not yet acknowledged, all sinks */
     _Atomic long long rows_sent;       /* rows acknowledged by Azure Monitor */
     _Atomic long long calls;           /* upload calls started */
     _Atomic long long retries;         /* uploads rescheduled after 429/5xx/401/403/transport errors */

@@ -26,6 +26,12 @@ void ag_log(ag_log_level level, const char *request_id, const char *fmt, ...)
 /* Writes a complete pre-built JSON line (no trailing newline needed). */
 void ag_log_line(const char *json, size_t len);
 
+/* Every writer of the shared stdout (log lines, the audit stdout sink) holds this lock for one
+ * whole line: a write larger than PIPE_BUF to a pipe is not atomic, and a container's stdout is a
+ * pipe. The critical section is one write(2). */
+void ag_stdout_lock(void);
+void ag_stdout_unlock(void);
+
 #define AG_LOG_ENABLED(lvl) ((lvl) >= ag_log_get_level())
 
 #endif

@@ -31,11 +31,15 @@ typedef struct ag_services {
     ag_metrics *metrics;           /* always: one shard per worker + the control shard */
     ag_metrics_std std;
     struct event *sweep;           /* periodic rate-limit store sweep */
+    unsigned long long credential_failures_seen[2]; /* last published, per scope */
 } ag_services;
 
 /* Creates what cfg needs. 0, or -1 with err. */
 int ag_services_start(ag_services *s, struct ag_runtime *rt, struct event_base *base, const ag_config *cfg,
                       size_t nworkers, char *err, size_t errlen);
+/* Brings counters kept by the services themselves into the registry (on the control thread,
+ * before a scrape renders). */
+void ag_services_scrape(ag_services *s);
 /* Ready to serve: keys loaded, credential tokens present, audit accepting. *why names what is not. */
 bool ag_services_ready(const ag_services *s, const char **why);
 /* Flushes the audit trail (until deadline_ms of wall clock) and frees everything. */

@@ -69,6 +69,9 @@ int ag_spool_drop_oldest(ag_spool *s, uint64_t *records, uint64_t *bytes);
 /* Bytes of all segment files (delivered-but-not-yet-deleted bytes of the checkpoint segment count). */
 uint64_t ag_spool_bytes(const ag_spool *s);
 
+/* Bytes not yet acknowledged: what lies at or after the checkpoint. */
+uint64_t ag_spool_pending_bytes(const ag_spool *s);
+
 /* True when a read from pos would find nothing (every stored record lies before pos). */
 bool ag_spool_at_end(const ag_spool *s, ag_spool_pos pos);
 

@@ -85,6 +85,10 @@ void ag_upstream_set_unref(ag_upstream_set *set);
  * Returns its index or -1; *wait_ms gets how long until something becomes available. */
 int ag_upstream_pick(ag_upstream_set *set, uint64_t tried_mask, uint64_t now_ns, long long *wait_ms);
 
+/* True when some upstream outside tried_mask could take an attempt now; changes nothing (unlike
+ * ag_upstream_pick, which advances the round robin and claims a half-open probe). */
+bool ag_upstream_any_available(const ag_upstream_set *set, uint64_t tried_mask, uint64_t now_ns);
+
 /* Takes an idle pooled connection to upstream idx, or NULL. */
 ag_upconn *ag_upstream_take_idle(ag_upstream_set *set, int idx);
 /* Opens a new connection (DNS, TCP, TLS) and calls fn; returns a handle to cancel, or NULL when it
@@ -99,8 +103,11 @@ void ag_upconn_release(ag_upconn *uc, bool reusable);
 
 /* Health outcomes of one attempt. */
 void ag_upstream_report_success(ag_upstream_state *up);
-void ag_upstream_report_failure(ag_upstream_state *up, uint64_t now_ns);
+/* reason labels aoai_guard_upstream_failures_total: "connect", "5xx", "timeout", "reset", "protocol". */
+void ag_upstream_report_failure(ag_upstream_state *up, uint64_t now_ns, const char *reason);
 void ag_upstream_report_retry_after(ag_upstream_state *up, long long ms, uint64_t now_ns);
+/* Counts a failed attempt in aoai_guard_upstream_failures_total without touching the circuit. */
+void ag_upstream_count_failure(ag_upstream_state *up, const char *reason);
 /* True when the circuit of up is open now. */
 bool ag_upstream_circuit_open(const ag_upstream_state *up, uint64_t now_ns);
 

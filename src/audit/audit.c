@@ -134,7 +134,7 @@ static void spool_put(ag_audit *a, sink_rt *s, const char *json, size_t len)
     long long total = 0;
     for (size_t i = 0; i < a->nsinks; i++)
         if (a->sinks[i].spool)
-            total += (long long)ag_spool_bytes(a->sinks[i].spool);
+            total += (long long)ag_spool_pending_bytes(a->sinks[i].spool);
     atomic_store(&a->ctr.spool_bytes, total);
     atomic_fetch_add(&a->ctr.rows_spooled, 1);
 }
@@ -177,8 +177,8 @@ static void update_state(ag_audit *a)
     for (size_t i = 0; i < a->nsinks; i++) {
         sink_rt *s = &a->sinks[i];
         if (s->spool) {
-            uint64_t b = ag_spool_bytes(s->spool);
-            total += (long long)b;
+            uint64_t b = ag_spool_bytes(s->spool); /* the cap is about disk space */
+            total += (long long)ag_spool_pending_bytes(s->spool);
             if (s->over && b < (uint64_t)a->cfg.spool_max_bytes / 10 * 9)
                 s->over = false;
             else if (!s->over && b >= (uint64_t)a->cfg.spool_max_bytes)

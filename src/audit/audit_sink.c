@@ -1,5 +1,6 @@
 /* JSON-lines sinks: rotated file and stdout (see audit_sink.h). */
 #include "aoai_guard/audit_sink.h"
+#include "aoai_guard/log.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -114,6 +115,10 @@ int ag_line_sink_write(ag_line_sink *s, const char *line, size_t len)
         return -1;
     struct iovec iov[2] = {{(void *)line, len}, {"\n", 1}};
     size_t want = len + 1, done = 0;
+    bool shared = !s->path; /* stdout, shared with the log: one whole line under the lock */
+    if (shared)
+        ag_stdout_lock();
+    int rc = 0;
     while (done < want) {
         ssize_t w;
         if (done < len) {
@@ -124,10 +129,16 @@ int ag_line_sink_write(ag_line_sink *s, const char *line, size_t len)
         }
         if (w < 0 && errno == EINTR)
             continue;
-        if (w <= 0)
-            return -1;
+        if (w <= 0) {
+            rc = -1;
+            break;
+        }
         done += (size_t)w;
     }
+    if (shared)
+        ag_stdout_unlock();
+    if (rc)
+        return -1;
     s->size += want;
     s->dirty = true;
     return 0;

@@ -409,6 +409,13 @@ uint64_t ag_spool_bytes(const ag_spool *s)
     return s->total;
 }
 
+uint64_t ag_spool_pending_bytes(const ag_spool *s)
+{
+    /* Segments wholly before the checkpoint are deleted; the checkpoint's own segment still holds
+     * ckpt.offset delivered bytes. */
+    return s->total > s->ckpt.offset ? s->total - s->ckpt.offset : 0;
+}
+
 uint64_t ag_spool_corrupt(const ag_spool *s)
 {
     return s->corrupt;

@@ -2,6 +2,7 @@
 #include "aoai_guard/log.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -13,6 +14,17 @@
 #include "aoai_guard/jsonw.h"
 
 static _Atomic int log_level = AG_LOG_INFO;
+static pthread_mutex_t stdout_mutex = PTHREAD_MUTEX_INITIALIZER;
+
+void ag_stdout_lock(void)
+{
+    pthread_mutex_lock(&stdout_mutex);
+}
+
+void ag_stdout_unlock(void)
+{
+    pthread_mutex_unlock(&stdout_mutex);
+}
 static _Atomic int log_fd = 1;
 
 void ag_log_set_level(ag_log_level level)
@@ -54,12 +66,20 @@ int ag_log_level_parse(const char *s, ag_log_level *out)
 
 void ag_log_line(const char *json, size_t len)
 {
-    struct iovec iov[2] = {{(void *)json, len}, {"\n", 1}};
     int fd = atomic_load_explicit(&log_fd, memory_order_relaxed);
-    ssize_t r;
-    do {
-        r = writev(fd, iov, 2);
-    } while (r < 0 && errno == EINTR);
+    size_t want = len + 1, done = 0;
+    ag_stdout_lock();
+    while (done < want) {
+        struct iovec iov[2] = {{(char *)json + (done < len ? done : len), done < len ? len - done : 0},
+                               {"\n", 1}};
+        ssize_t r = writev(fd, iov, 2);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        done += (size_t)r;
+    }
+    ag_stdout_unlock();
 }
 
 void ag_log(ag_log_level level, const char *request_id, const char *fmt, ...)

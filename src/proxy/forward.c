@@ -294,9 +294,11 @@ static int on_resp_headers_complete(llhttp_t *p)
         long long ra = parse_retry_after(ex);
         if (status == 429 || status == 503)
             ag_upstream_report_retry_after(up, ra > 0 ? ra : 1000, r->t_upstream_head);
+        if (status == 429)
+            ag_upstream_count_failure(up, "429"); /* throttled: counted, but not a circuit failure */
         if (status >= 500)
-            ag_upstream_report_failure(up, r->t_upstream_head);
-        if (ag_upstream_pick(ex->set, ex->tried, r->t_upstream_head, NULL) >= 0) {
+            ag_upstream_report_failure(up, r->t_upstream_head, "5xx");
+        if (ag_upstream_any_available(ex->set, ex->tried, r->t_upstream_head)) {
             ag_log(AG_LOG_INFO, r->id, "upstream %s answered %d; trying the next upstream",
                    up->conf->name, status);
             ex->state = EX_DISCARDING;
@@ -478,7 +480,7 @@ static bool ex_process(ag_exchange *ex, struct bufferevent *bev)
         ag_upstream_state *up = &ex->set->ups[ex->idx];
         ag_log(AG_LOG_WARN, ex->req->id, "upstream %s: malformed response: %s%s", up->conf->name,
                llhttp_errno_name(e), ex->head_too_big ? " (head too large)" : "");
-        ag_upstream_report_failure(up, ag_mono_ns());
+        ag_upstream_report_failure(up, ag_mono_ns(), "protocol");
         ex_fail(ex, 502, "BadGateway", "The upstream sent a malformed response.", "upstream_protocol_error");
         return false;
     }
@@ -545,7 +547,7 @@ static void ex_event_cb(struct bufferevent *bev, short what, void *arg)
             ex_fail(ex, 502, "BadGateway", "Cannot connect to the upstream.", "upstream_connect_failed");
         return;
     }
-    ag_upstream_report_failure(up, ag_mono_ns());
+    ag_upstream_report_failure(up, ag_mono_ns(), "reset");
     if (ex->state == EX_DISCARDING) {
         ex_next_attempt(ex);
         return;
@@ -563,13 +565,13 @@ static void ex_timer_cb(evutil_socket_t fd, short what, void *arg)
     if (ex->state == EX_STREAMING) {
         ag_log(AG_LOG_WARN, ex->req->id, "upstream %s idle for %lld ms mid-response", up->conf->name,
                up->conf->idle_timeout_ms);
-        ag_upstream_report_failure(up, ag_mono_ns());
+        ag_upstream_report_failure(up, ag_mono_ns(), "timeout");
         ex_fail(ex, 504, "GatewayTimeout", "", "upstream_timeout");
         return;
     }
     ag_log(AG_LOG_WARN, ex->req->id, "upstream %s: no response within %lld ms", up->conf->name,
            up->conf->first_byte_timeout_ms);
-    ag_upstream_report_failure(up, ag_mono_ns());
+    ag_upstream_report_failure(up, ag_mono_ns(), "timeout");
     ex_fail(ex, 504, "GatewayTimeout", "The upstream did not answer in time.", "upstream_timeout");
 }
 
@@ -617,7 +619,7 @@ static void ex_on_connected(ag_upconn *uc, const char *err, bool timed_out, void
     ag_exchange *ex = arg;
     ex->connecting = NULL;
     if (!uc) {
-        ag_upstream_report_failure(&ex->set->ups[ex->idx], ag_mono_ns());
+        ag_upstream_report_failure(&ex->set->ups[ex->idx], ag_mono_ns(), timed_out ? "timeout" : "connect");
         ex->req->completion = timed_out ? "upstream_connect_timeout" : "upstream_connect_failed";
         ex_attempt(ex);
         return;
@@ -666,7 +668,7 @@ static void ex_attempt(ag_exchange *ex)
     ex->state = EX_CONNECTING;
     ex->connecting = ag_upstream_connect(ex->set, idx, ex_on_connected, ex, &err);
     if (!ex->connecting) {
-        ag_upstream_report_failure(&ex->set->ups[idx], now);
+        ag_upstream_report_failure(&ex->set->ups[idx], now, "connect");
         ag_log(AG_LOG_WARN, r->id, "upstream %s: %s", ex->set->ups[idx].conf->name, err ? err : "connect failed");
         ex_attempt(ex);
     }

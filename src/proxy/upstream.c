@@ -20,6 +20,7 @@
 
 #include "aoai_guard/clock.h"
 #include "aoai_guard/log.h"
+#include "aoai_guard/runtime.h"
 #include "aoai_guard/worker.h"
 
 #define DNS_MIN_TTL_S 1
@@ -39,6 +40,16 @@ struct ag_connect_req {
 static uint64_t ms_to_ns(long long ms)
 {
     return (uint64_t)ms * 1000000ull;
+}
+
+/* This worker's view of up in its own metrics shard: summed over workers on scrape. */
+static void publish_health(ag_upstream_state *up, bool open)
+{
+    ag_worker *w = up->set->worker;
+    const ag_metrics_std *m = &w->rt->svc.std;
+    const char *name[] = {up->conf->name};
+    ag_metric_set(ag_metric_series(m->upstream_circuit_open, w->metrics_shard, name), open ? 1.0 : 0.0);
+    ag_metric_set(ag_metric_series(m->upstream_up, w->metrics_shard, name), open ? 0.0 : 1.0);
 }
 
 /* ---- set lifecycle --------------------------------------------------------------------------- */
@@ -64,6 +75,7 @@ ag_upstream_set *ag_upstream_set_new(struct ag_worker *w, ag_config *cfg)
         up->index = (int)i;
         TAILQ_INIT(&up->idle);
         TAILQ_INIT(&up->dns_waiters);
+        publish_health(up, false);
     }
     return set;
 }
@@ -125,13 +137,24 @@ void ag_upstream_report_success(ag_upstream_state *up)
 {
     if (up->circuit_open_until_ns)
         ag_log(AG_LOG_INFO, NULL, "upstream %s recovered; circuit closed", up->conf->name);
+    bool was_open = up->circuit_open_until_ns != 0;
     up->consecutive_failures = 0;
     up->circuit_open_until_ns = 0;
     up->half_open_probe = false;
+    if (was_open)
+        publish_health(up, false);
 }
 
-void ag_upstream_report_failure(ag_upstream_state *up, uint64_t now_ns)
+void ag_upstream_count_failure(ag_upstream_state *up, const char *reason)
 {
+    ag_worker *w = up->set->worker;
+    ag_metric_inc(ag_metric_series(w->rt->svc.std.upstream_failures_total, w->metrics_shard,
+                                   (const char *const[]){up->conf->name, reason}));
+}
+
+void ag_upstream_report_failure(ag_upstream_state *up, uint64_t now_ns, const char *reason)
+{
+    ag_upstream_count_failure(up, reason);
     up->failures++;
     up->consecutive_failures++;
     bool was_probe = up->half_open_probe;
@@ -140,6 +163,7 @@ void ag_upstream_report_failure(ag_upstream_state *up, uint64_t now_ns)
         up->circuit_open_until_ns = now_ns + ms_to_ns(up->conf->cooldown_ms);
         ag_log(AG_LOG_WARN, NULL, "upstream %s: circuit open for %lld ms after %d consecutive failures",
                up->conf->name, up->conf->cooldown_ms, up->consecutive_failures);
+        publish_health(up, true);
     }
 }
 
@@ -165,6 +189,14 @@ static bool available(const ag_upstream_state *up, uint64_t now_ns)
         return !up->half_open_probe;
     }
     return true;
+}
+
+bool ag_upstream_any_available(const ag_upstream_set *set, uint64_t tried_mask, uint64_t now_ns)
+{
+    for (size_t i = 0; i < set->n; i++)
+        if (!(tried_mask & (1ull << i)) && available(&set->ups[i], now_ns))
+            return true;
+    return false;
 }
 
 int ag_upstream_pick(ag_upstream_set *set, uint64_t tried_mask, uint64_t now_ns, long long *wait_ms)

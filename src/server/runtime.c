@@ -105,6 +105,7 @@ static void admin_metrics(struct evhttp_request *req, void *arg)
 {
     ag_runtime *rt = arg;
     struct evbuffer *out = evhttp_request_get_output_buffer(req);
+    ag_services_scrape(&rt->svc);
     if (ag_metrics_render(rt->svc.metrics, out) != 0) {
         evhttp_send_error(req, 500, "metrics rendering failed");
         return;

@@ -44,6 +44,21 @@ static double audit_spool_bytes(void *ctx)
     return (double)atomic_load(&c->spool_bytes);
 }
 
+static double audit_rows_sent(void *ctx)
+{
+    return (double)atomic_load(&ag_audit_counters_get(ctx)->rows_sent);
+}
+
+static double audit_retries(void *ctx)
+{
+    return (double)atomic_load(&ag_audit_counters_get(ctx)->retries);
+}
+
+static double audit_dropped(void *ctx)
+{
+    return (double)atomic_load(&ag_audit_counters_get(ctx)->dropped);
+}
+
 static double jwks_age(void *ctx)
 {
     return ag_jwks_manager_age_seconds(ctx);
@@ -139,10 +154,31 @@ int ag_services_start(ag_services *s, struct ag_runtime *rt, struct event_base *
             return -1;
         ag_metric_family_set_fn(s->std.audit_queue_depth, audit_queue_depth, s->audit);
         ag_metric_family_set_fn(s->std.audit_spool_bytes, audit_spool_bytes, s->audit);
+        ag_metric_family_set_fn(s->std.audit_records_sent_total, audit_rows_sent, s->audit);
+        ag_metric_family_set_fn(s->std.audit_retries_total, audit_retries, s->audit);
+        ag_metric_family_set_fn(s->std.audit_dropped_total, audit_dropped, s->audit);
     } else {
         ag_log(AG_LOG_WARN, NULL, "no audit section: requests are not recorded in an audit trail");
     }
     return 0;
+}
+
+void ag_services_scrape(ag_services *s)
+{
+    if (!s->credential)
+        return;
+    static const char *const scopes[] = {AG_SCOPE_COGNITIVE, AG_SCOPE_MONITOR};
+    for (int i = 0; i < 2; i++) {
+        ag_credential_stats st;
+        if (ag_credential_stats_get(s->credential, scopes[i], &st) != 0)
+            continue;
+        if (st.failures > s->credential_failures_seen[i]) {
+            ag_metric_add(ag_metric_series(s->std.credential_refresh_failures_total,
+                                           ag_metrics_control_shard(s->metrics), (const char *const[]){scopes[i]}),
+                          st.failures - s->credential_failures_seen[i]);
+            s->credential_failures_seen[i] = st.failures;
+        }
+    }
 }
 
 bool ag_services_ready(const ag_services *s, const char **why)

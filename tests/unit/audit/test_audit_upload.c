@@ -243,6 +243,9 @@ static void test_outage(void)
     }
     ag_test_want want = {&fake, 31};
     CHECK(ag_test_wait(ag_test_fake_has, &want, 20000));
+    /* The fake stores the rows before its 204 reaches the uploader: wait for the counter too. */
+    ctr_want w31 = {a, 31, 0, 0};
+    CHECK(ag_test_wait(counters_reached, &w31, 5000));
     const ag_audit_counters *c = ag_audit_counters_get(a);
     CHECK(atomic_load(&c->failures) >= 1);
     CHECK(atomic_load(&c->retries) >= 1);

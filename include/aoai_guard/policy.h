@@ -119,6 +119,8 @@ size_t ag_policy_rule_count(const ag_policy *pol);
 
 /* The configured stream hold-back window in bytes (stream_holdback_bytes). */
 size_t ag_policy_holdback(const ag_policy *pol);
+/* True when some rule applies to responses (the gateway then inspects completions). */
+bool ag_policy_has_response_rules(const ag_policy *pol);
 
 /* Creates a worker's scratch; NULL when out of memory. */
 ag_policy_scratch *ag_policy_scratch_new(void);

@@ -24,6 +24,7 @@
 #include "aoai_guard/config.h"
 #include "aoai_guard/identity.h"
 #include "aoai_guard/policy.h"
+#include "aoai_guard/policy_stream.h"
 #include "aoai_guard/ratelimit_config.h"
 
 struct ag_conn;
@@ -132,6 +133,11 @@ typedef struct ag_request {
     ag_usage usage;
     bool stream;                    /* SSE response */
     bool strip_usage;               /* we asked Azure for include_usage: drop that chunk for the caller */
+    bool sse_events;                /* forward SSE event by event (usage strip, response policy) */
+    bool resp_policy;               /* response-side policy rules run on this response */
+    bool resp_buffered;             /* JSON response held whole for response-side policy */
+    ag_policy_sse *policy_sse;      /* streamed response rewriter (owned) */
+    bool policy_flushed;            /* held-back text sent at the end of the stream */
     const char *completion;         /* why the response ended: "complete", "client_disconnected", "upstream_reset"... */
     const char *error_code;         /* our error code when we answered, for the access log */
     struct ag_exchange *ex;

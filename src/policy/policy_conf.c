@@ -824,6 +824,14 @@ size_t ag_policy_rule_count(const ag_policy *pol)
     return pol ? pol->nrules : 0;
 }
 
+bool ag_policy_has_response_rules(const ag_policy *pol)
+{
+    for (size_t i = 0; pol && i < pol->nrules; i++)
+        if (pol->rules[i].dirs & AG_DIR_RESPONSE)
+            return true;
+    return false;
+}
+
 size_t ag_policy_holdback(const ag_policy *pol)
 {
     return pol ? pol->holdback : 0;

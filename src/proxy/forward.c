@@ -18,6 +18,8 @@
 #include "aoai_guard/conn.h"
 #include "aoai_guard/http.h"
 #include "aoai_guard/log.h"
+#include "aoai_guard/policy.h"
+#include "aoai_guard/policy_stream.h"
 #include "aoai_guard/sse.h"
 #include "aoai_guard/upstream.h"
 #include "aoai_guard/usage.h"
@@ -27,6 +29,7 @@
 #define MAX_RESPONSE_HEADERS 200
 #define MAX_JSON_KEEP (1024 * 1024)
 #define MAX_SSE_EVENT (1024 * 1024)
+#define MAX_BUFFERED_RESPONSE (8 * 1024 * 1024)
 
 typedef enum ex_state {
     EX_CONNECTING = 0,
@@ -56,6 +59,7 @@ struct ag_exchange {
     bool complete;                     /* llhttp saw the end of the response */
     bool is_sse, is_json;
     bool paused;                       /* upstream reads paused for a slow client */
+    bool policy_failed;                /* response policy could not run: fail closed */
     long long retry_after_ms;
     size_t resp_bytes;                 /* any response bytes at all from this connection */
 };
@@ -233,7 +237,8 @@ static bool drop_response_header(const char *n, size_t nl)
            ag_http_name_is(n, nl, "x-request-id") || ag_http_name_is(n, nl, "server-timing");
 }
 
-static void ex_send_head(ag_exchange *ex)
+/* cl: the Content-Length to announce, or -2 to take the upstream's framing. */
+static void ex_send_head(ag_exchange *ex, long long cl_override)
 {
     ag_request *r = ex->req;
     struct evbuffer *hb = evbuffer_new();
@@ -258,18 +263,88 @@ static void ex_send_head(ag_exchange *ex)
     evbuffer_add_printf(hb, "x-request-id: %s\r\nServer-Timing: gateway;dur=%.3f, upstream;dur=%.3f\r\n%s",
                         r->id, gateway_ms, upstream_ms, r->ratelimit_headers);
     size_t hl = evbuffer_get_length(hb);
-    long long cl = (ex->parser.flags & F_CONTENT_LENGTH) ? (long long)ex->parser.content_length : -1;
+    long long cl = cl_override != -2 ? cl_override
+                   : (ex->parser.flags & F_CONTENT_LENGTH) ? (long long)ex->parser.content_length : -1;
     ag_response_begin(r, ex->parser.status_code, (const char *)evbuffer_pullup(hb, -1), hl, cl);
     evbuffer_free(hb);
     r->gateway_ns += ag_mono_ns() - r->t_upstream_head;
+}
+
+/* Sends one event we re-serialised: "event: <name>" when the original had one, then the data. */
+static void emit_event(ag_request *r, const char *event, size_t event_len, const cJSON *data)
+{
+    char *text = cJSON_PrintUnformatted(data);
+    if (!text)
+        return;
+    struct evbuffer *b = evbuffer_new();
+    if (b) {
+        if (event_len)
+            evbuffer_add_printf(b, "event: %.*s\n", (int)event_len, event);
+        evbuffer_add_printf(b, "data: %s\n\n", text);
+        size_t n = evbuffer_get_length(b);
+        ag_response_body(r, evbuffer_pullup(b, -1), n);
+        evbuffer_free(b);
+    }
+    cJSON_free(text);
+}
+
+/* Sends what the response policy still holds back (at [DONE], or at the end of a Responses
+ * stream, which has no [DONE]). 0, or -1 when out of memory. */
+static int flush_policy(ag_request *r)
+{
+    if (!r->policy_sse || r->policy_flushed)
+        return 0;
+    r->policy_flushed = true;
+    bool err = false;
+    cJSON *arr = ag_policy_sse_end(r->policy_sse, r->worker->policy_scratch, &err);
+    for (const cJSON *e = arr ? arr->child : NULL; e; e = e->next) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(e, "type");
+        bool typed = cJSON_IsString(type) && strncmp(type->valuestring, "response.", 9) == 0;
+        emit_event(r, typed ? type->valuestring : "", typed ? strlen(type->valuestring) : 0, e);
+    }
+    cJSON_Delete(arr);
+    return err ? -1 : 0;
+}
+
+/* Response policy on one event: rewrite its text (redaction with a bounded hold-back). */
+static int policy_event(ag_request *r, const ag_sse_event *ev)
+{
+    if (ev->data_len == 6 && memcmp(ev->data, "[DONE]", 6) == 0) {
+        if (flush_policy(r) != 0)
+            return -1;
+        ag_response_body(r, ev->raw, ev->raw_len);
+        return 0;
+    }
+    cJSON *d = ev->data_len && ev->data[0] == '{' ? cJSON_ParseWithLength(ev->data, ev->data_len) : NULL;
+    if (!d) {
+        ag_response_body(r, ev->raw, ev->raw_len);
+        return 0;
+    }
+    cJSON *before = NULL;
+    int changed = ag_policy_sse_rewrite(r->policy_sse, r->worker->policy_scratch, d, &before);
+    if (before) {
+        emit_event(r, ev->event, ev->event_len, before);
+        cJSON_Delete(before);
+    }
+    if (changed == 1)
+        emit_event(r, ev->event, ev->event_len, d);
+    else if (changed == 0)
+        ag_response_body(r, ev->raw, ev->raw_len);
+    cJSON_Delete(d);
+    return changed < 0 ? -1 : 0;
 }
 
 static int sse_event_cb(void *arg, const ag_sse_event *ev)
 {
     ag_request *r = arg;
     int usage_only = ag_usage_from_sse_event(r, ev);
-    if (r->strip_usage && !(usage_only == 1))
-        ag_response_body(r, ev->raw, ev->raw_len); /* filter mode: events go out whole */
+    if (!r->sse_events)
+        return 0;
+    if (r->strip_usage && usage_only == 1)
+        return 0; /* the usage chunk we asked for, not the caller */
+    if (r->policy_sse)
+        return policy_event(r, ev);
+    ag_response_body(r, ev->raw, ev->raw_len); /* filter mode: events go out whole */
     return 0;
 }
 
@@ -312,15 +387,30 @@ static int on_resp_headers_complete(llhttp_t *p)
     ex->is_sse = value_starts(ct, ctl, "text/event-stream");
     ex->is_json = value_starts(ct, ctl, "application/json");
     snprintf(r->upstream, sizeof r->upstream, "%s", up->conf->name);
+    const ag_policy *pol = r->cfg->policy;
+    const char *op = r->route.operation;
+    r->resp_policy = pol && r->json && status >= 200 && status < 300 && ag_policy_has_response_rules(pol) &&
+                     (strcmp(op, "chat/completions") == 0 || strcmp(op, "completions") == 0 ||
+                      strcmp(op, "responses") == 0);
     if (ex->is_sse) {
         r->stream = true;
-        r->sse = r->strip_usage ? ag_sse_parser_new_raw(MAX_SSE_EVENT, sse_event_cb, r)
-                                : ag_sse_parser_new(MAX_SSE_EVENT, sse_event_cb, r);
+        if (r->resp_policy) {
+            r->policy_sse = calloc(1, sizeof *r->policy_sse);
+            if (r->policy_sse) {
+                ag_policy_call call = {&r->identity, r->route.deployment[0] ? r->route.deployment : NULL, op};
+                ag_policy_sse_init(r->policy_sse, pol, &call);
+            }
+        }
+        r->sse_events = r->strip_usage || r->policy_sse;
+        r->sse = r->sse_events ? ag_sse_parser_new_raw(MAX_SSE_EVENT, sse_event_cb, r)
+                               : ag_sse_parser_new(MAX_SSE_EVENT, sse_event_cb, r);
     } else {
         r->strip_usage = false; /* not a stream after all: nothing to filter */
+        r->resp_buffered = r->resp_policy && ex->is_json;
     }
     ex->state = EX_STREAMING;
-    ex_send_head(ex);
+    if (!r->resp_buffered)
+        ex_send_head(ex, -2);
     /* From now on the upstream may go quiet only for idle_timeout_ms between bytes. */
     struct timeval tv = {up->conf->idle_timeout_ms / 1000, (up->conf->idle_timeout_ms % 1000) * 1000};
     evtimer_add(ex->timer, &tv);
@@ -333,11 +423,37 @@ static int on_resp_body(llhttp_t *p, const char *at, size_t len)
     if (ex->state != EX_STREAMING)
         return 0;
     ag_request *r = ex->req;
-    if (!(r->sse && r->strip_usage))
+    if (r->resp_buffered) {
+        /* Held whole for response-side policy; bounded, and fail closed beyond the bound. */
+        if (r->resp_json_len + len > MAX_BUFFERED_RESPONSE) {
+            ex->policy_failed = true;
+            return -1;
+        }
+        if (r->resp_json_len + len > r->resp_json_cap) {
+            size_t cap = r->resp_json_cap ? r->resp_json_cap : 4096;
+            while (cap < r->resp_json_len + len)
+                cap *= 2;
+            char *n = realloc(r->resp_json, cap);
+            if (!n) {
+                ex->policy_failed = true;
+                return -1;
+            }
+            r->resp_json = n;
+            r->resp_json_cap = cap;
+        }
+        memcpy(r->resp_json + r->resp_json_len, at, len);
+        r->resp_json_len += len;
+        return 0;
+    }
+    if (!r->sse_events)
         ag_response_body(r, at, len);
     if (r->sse) {
-        if (ag_sse_parser_feed(r->sse, at, len) != 0 && r->strip_usage) {
-            r->strip_usage = false; /* an event over the bound: give up filtering, pass bytes on */
+        if (ag_sse_parser_feed(r->sse, at, len) != 0 && r->sse_events) {
+            if (r->policy_sse) {
+                ex->policy_failed = true; /* never let uninspected text through */
+                return -1;
+            }
+            r->sse_events = r->strip_usage = false; /* an event over the bound: pass bytes on */
             size_t rl;
             const char *rest = ag_sse_parser_rest(r->sse, &rl);
             ag_response_body(r, rest, rl);
@@ -418,16 +534,44 @@ static void ex_fail(ag_exchange *ex, int status, const char *code, const char *m
     ag_request_error(r, status, code, msg, NULL, false);
 }
 
+/* A JSON response held for response-side policy: inspect, redact, then send it whole. */
+static void ex_send_buffered(ag_exchange *ex)
+{
+    ag_request *r = ex->req;
+    cJSON *doc = r->resp_json ? cJSON_ParseWithLength(r->resp_json, r->resp_json_len) : NULL;
+    char *text = NULL;
+    if (doc) {
+        ag_policy_call call = {&r->identity, r->route.deployment[0] ? r->route.deployment : NULL,
+                               r->route.operation};
+        bool modified = false;
+        ag_policy_inspect_response(r->cfg->policy, r->worker->policy_scratch, &call, doc, &r->policy_decisions,
+                                   &modified);
+        if (modified)
+            text = cJSON_PrintUnformatted(doc);
+        cJSON_Delete(doc);
+    }
+    const char *body = text ? text : (r->resp_json ? r->resp_json : "");
+    size_t blen = text ? strlen(text) : r->resp_json_len;
+    ex_send_head(ex, (long long)blen);
+    ag_response_body(r, body, blen);
+    cJSON_free(text);
+}
+
 static void ex_finish(ag_exchange *ex)
 {
     ag_request *r = ex->req;
-    if (r->sse && r->strip_usage) {
+    if (r->sse && r->sse_events) {
+        flush_policy(r);
         size_t rl;
         const char *rest = ag_sse_parser_rest(r->sse, &rl);
         ag_response_body(r, rest, rl);
     }
+    if (r->policy_sse)
+        ag_policy_sse_decisions(r->policy_sse, &r->policy_decisions);
     if (ex->is_json && r->resp_json && !r->resp_json_overflow)
         ag_usage_from_json_response(r, r->resp_json, r->resp_json_len);
+    if (r->resp_buffered)
+        ex_send_buffered(ex);
     bool reusable = llhttp_should_keep_alive(&ex->parser);
     ag_upconn *uc = ex->uc;
     ex->uc = NULL;
@@ -476,6 +620,11 @@ static bool ex_process(ag_exchange *ex, struct bufferevent *bev)
         if (e == HPE_PAUSED && ex->complete) {
             evbuffer_drain(in, (size_t)(llhttp_get_error_pos(&ex->parser) - (const char *)v.iov_base));
             break;
+        }
+        if (ex->policy_failed) {
+            ag_log(AG_LOG_ERROR, ex->req->id, "response policy could not inspect the response; cut (fail closed)");
+            ex_fail(ex, 502, "BadGateway", "The response could not be inspected.", "policy_error");
+            return false;
         }
         ag_upstream_state *up = &ex->set->ups[ex->idx];
         ag_log(AG_LOG_WARN, ex->req->id, "upstream %s: malformed response: %s%s", up->conf->name,

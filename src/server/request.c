@@ -51,6 +51,10 @@ void ag_request_free(ag_request *r)
         ag_exchange_cancel(r->ex);
     r->ex = NULL;
     ag_sse_parser_free(r->sse);
+    if (r->policy_sse) {
+        ag_policy_sse_free(r->policy_sse);
+        free(r->policy_sse);
+    }
     cJSON_Delete(r->json);
     free(r->forward_body);
     free(r->body);

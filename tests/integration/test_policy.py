@@ -1,0 +1,122 @@
+"""Issue 5: the prompt policy through the real binary and the fake Azure OpenAI: block, redact,
+flag, scoping by identity and deployment, constraints, a catastrophic regex cut off, and
+response-side redaction for JSON and streamed completions."""
+import json
+import unittest
+
+from harness import CHAT, GatewayTestCase, base_config, chat_body, request, upstream, wait_until
+
+KEY_A = "app-a-key-0123456789abcdef"
+KEY_B = "app-b-key-0123456789abcdef"
+
+POLICY = {
+    "regex_match_limit": 20000,
+    "rules": [
+        {"name": "pii-email", "detector": "email", "action": "redact", "mask": "[REDACTED:email]",
+         "apply_to": "both", "exempt": {"apps": ["app-a"]}},
+        {"name": "no-aws", "detector": "aws_access_key", "action": "block"},
+        {"name": "project-x", "keywords": ["project nightingale"], "action": "flag"},
+        {"name": "phones-to-gpt4o", "detector": "phone", "action": "block", "scope": {"deployments": ["gpt-4o"]}},
+        {"name": "catastrophic", "regex": "(a+)+$", "action": "block", "prefilter": ["aaaa"]},
+    ],
+    "constraints": [
+        {"name": "caps", "max_tokens": 100, "max_tokens_action": "clamp", "denied_params": ["logit_bias"]},
+        {"name": "app-b-models", "scope": {"apps": ["app-b"]}, "allowed_deployments": ["gpt-4o-mini"]},
+    ],
+}
+
+
+class Policy(GatewayTestCase):
+    def setUp(self):
+        super().setUp()
+        self.up = self.fake()
+        self.gw = self.gateway(base_config([upstream(self.up)], policy=POLICY, auth={
+            "mode": "api_key", "api_keys": [{"name": "app-a", "key": KEY_A, "deployments": ["*"]},
+                                             {"name": "app-b", "key": KEY_B, "deployments": ["*"]}]}))
+
+    def call(self, text, key=KEY_B, deployment="gpt-4o-mini", **body):
+        path = CHAT.replace("gpt-4o-mini", deployment)
+        return request(self.gw.port, "POST", path, chat_body(text, **body), {"api-key": key})
+
+    def forwarded(self):
+        return [json.loads(r["body"]) for r in self.up.requests()]
+
+    def access(self):
+        return wait_until(lambda: self.gw.access_lines(), what="access line")[-1]
+
+    def test_block_answers_content_filter_and_forwards_nothing(self):
+        st, h, b = self.call("my key is AKIAIOSFODNN7EXAMPLE, keep it")
+        self.assertEqual(st, 400)
+        err = json.loads(b)["error"]
+        self.assertEqual(err["code"], "content_filter")
+        self.assertEqual(err["innererror"]["code"], "ResponsibleAIPolicyViolation")
+        details = err["innererror"]["content_filter_result"]["custom_blocklists"]["details"]
+        self.assertEqual(details, [{"filtered": True, "id": "no-aws"}])
+        self.assertNotIn("AKIAIOSFODNN7EXAMPLE", b.decode())
+        self.assertEqual(self.up.requests(), [])
+        self.assertEqual(self.access()["policy_decisions"], "no-aws:block:1")
+
+    def test_redact_changes_exactly_the_span(self):
+        text = "Schreib an jürgen.müller@contoso.com — oder bob@example.org, danke ✓"
+        st, h, b = self.call(text)
+        self.assertEqual(st, 200, b)
+        sent = self.forwarded()[-1]["messages"][0]["content"]
+        self.assertEqual(sent, "Schreib an [REDACTED:email] — oder [REDACTED:email], danke ✓")
+        self.assertEqual(self.access()["policy_decisions"], "pii-email:redact:2")
+
+    def test_exempt_app_may_send_email(self):
+        st, h, b = self.call("mail bob@example.org", key=KEY_A)
+        self.assertEqual(st, 200)
+        self.assertEqual(self.forwarded()[-1]["messages"][0]["content"], "mail bob@example.org")
+
+    def test_flag_forwards_unchanged_and_records(self):
+        body = chat_body("Status of Project Nightingale?")
+        st, h, b = request(self.gw.port, "POST", CHAT, body, {"api-key": KEY_B})
+        self.assertEqual(st, 200)
+        self.assertEqual(self.up.requests()[-1]["body"], json.dumps(body))  # byte for byte
+        self.assertEqual(self.access()["policy_decisions"], "project-x:flag:1")
+
+    def test_scoped_by_deployment(self):
+        st, _, _ = self.call("call me at +1 425 555 0100", key=KEY_A, deployment="gpt-4o")
+        self.assertEqual(st, 400)
+        st, _, _ = self.call("call me at +1 425 555 0100", key=KEY_A, deployment="gpt-4o-mini")
+        self.assertEqual(st, 200)
+
+    def test_constraints(self):
+        st, h, b = self.call("hi", max_tokens=5000)
+        self.assertEqual(st, 200)
+        self.assertEqual(self.forwarded()[-1]["max_tokens"], 100)  # clamped
+        st, h, b = self.call("hi", logit_bias={"50256": -100})
+        self.assertEqual(st, 400)
+        self.assertEqual(json.loads(b)["error"]["code"], "parameter_not_allowed")
+        st, h, b = self.call("hi", deployment="gpt-4o")  # app-b may only use gpt-4o-mini
+        self.assertEqual(st, 403)
+        self.assertEqual(json.loads(b)["error"]["code"], "deployment_not_allowed")
+
+    def test_catastrophic_regex_is_cut_off(self):
+        st, h, b = self.call("a" * 5000 + "!")
+        self.assertEqual(st, 200, b)  # on_regex_error no_match: the request completes
+        self.assertIn("catastrophic", self.access().get("policy_decisions", ""))
+        st, _, _ = self.call("still serving")
+        self.assertEqual(st, 200)
+
+    def test_response_redaction_json_and_stream(self):
+        self.up.configure(reply_text="Reach carol@example.net for the report.", chunks=12)
+        st, h, b = self.call("who?")
+        self.assertEqual(json.loads(b)["choices"][0]["message"]["content"],
+                         "Reach [REDACTED:email] for the report.")
+        self.assertEqual(int(h["content-length"]), len(b))
+        st, h, b = self.call("who?", stream=True)
+        text = ""
+        for line in b.decode().splitlines():
+            if line.startswith("data: {"):
+                for c in json.loads(line[6:]).get("choices", []):
+                    text += (c.get("delta") or {}).get("content") or ""
+        self.assertEqual(text, "Reach [REDACTED:email] for the report.")
+        self.assertNotIn("carol@", b.decode())
+        self.assertTrue(b.decode().rstrip().endswith("data: [DONE]"))
+        self.assertIn("pii-email:redact:1:resp", self.access()["policy_decisions"])
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -51,11 +51,23 @@ typedef struct ag_audit_sink_conf {
     long long retry_max_ms;         /* backoff ceiling */
 } ag_audit_sink_conf;
 
+/* "capture_rules": the capture mode for the callers and deployments a scope names (first match
+ * wins; lists AND together, entries OR; a trailing '*' matches by prefix; empty = anyone). */
+typedef struct ag_audit_capture_rule {
+    char **tenants;
+    char **apps;          /* client app id, or the name of an api-key identity */
+    char **roles;
+    char **deployments;
+    ag_audit_capture capture;
+} ag_audit_capture_rule;
+
 typedef struct ag_audit_config {
     ag_audit_sink_conf *sinks;
     size_t nsinks;
     char *spool_dir;
     ag_audit_capture capture;             /* default for scopes that do not choose */
+    ag_audit_capture_rule *capture_rules; /* read by the workers' audit stage (not copied) */
+    size_t ncapture_rules;
     long long max_text_bytes_per_request; /* prompt + response bytes kept per request */
     long long queue_capacity;             /* records between the workers and the audit thread */
     long long spool_max_bytes;            /* per azure_monitor sink */
@@ -71,7 +83,13 @@ int ag_audit_config_parse(const cJSON *section, const char *path, ag_audit_confi
 /* Releases everything the config owns and zeroes it. */
 void ag_audit_config_free(ag_audit_config *c);
 
-/* A deep copy of src into dst; 0 or -1 (allocation failure). */
+/* The capture mode for a caller and deployment: the first matching capture rule, else the default.
+ * app is the client app id or the api-key identity name; roles is space separated. */
+ag_audit_capture ag_audit_capture_for(const ag_audit_config *c, const char *tid, const char *app,
+                                      const char *roles, const char *deployment);
+
+/* A deep copy of src into dst (capture_rules are not copied: the audit thread does not use them);
+ * 0 or -1 (allocation failure). */
 int ag_audit_config_copy(ag_audit_config *dst, const ag_audit_config *src);
 
 #endif

@@ -5,16 +5,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <curl/curl.h>
 
 #include "aoai_guard/audit_batch.h"
+#include "aoai_guard/identity.h"
 
 #define MIB (1024LL * 1024)
 
 static const char *const top_keys[] = {"sinks", "spool_dir", "capture", "max_text_bytes_per_request",
                                        "queue_capacity", "spool_max_bytes", "spool_segment_bytes",
-                                       "on_full", "fsync", NULL};
+                                       "on_full", "fsync", "capture_rules", NULL};
 static const char *const file_keys[] = {"type", "name", "path", "max_bytes", "max_files", NULL};
 static const char *const stdout_keys[] = {"type", "name", NULL};
 static const char *const monitor_keys[] = {"type", "name", "endpoint", "dcr_immutable_id", "stream",
@@ -38,8 +40,94 @@ static void sink_free(ag_audit_sink_conf *s)
     memset(s, 0, sizeof *s);
 }
 
+static void capture_rules_free(ag_audit_capture_rule *r, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        ag_conf_strv_free(r[i].tenants);
+        ag_conf_strv_free(r[i].apps);
+        ag_conf_strv_free(r[i].roles);
+        ag_conf_strv_free(r[i].deployments);
+    }
+    free(r);
+}
+
+static int parse_capture_rules(const cJSON *arr, const char *path, ag_audit_config *c, ag_conf_err *err)
+{
+    char p[AG_CONF_PATH_LEN];
+    ag_conf_path(p, sizeof p, path, "capture_rules", -1);
+    if (!cJSON_IsArray(arr))
+        return ag_conf_fail(err, p, NULL, "must be an array");
+    size_t n = (size_t)cJSON_GetArraySize(arr);
+    c->capture_rules = calloc(n ? n : 1, sizeof *c->capture_rules);
+    if (!c->capture_rules)
+        return ag_conf_fail(err, p, NULL, "out of memory");
+    c->ncapture_rules = n;
+    static const char *const keys[] = {"scope", "capture", NULL};
+    static const char *const scope_keys[] = {"tenants", "apps", "roles", "deployments", NULL};
+    int i = 0;
+    for (const cJSON *r = arr->child; r; r = r->next, i++) {
+        char rp[AG_CONF_PATH_LEN], sp[AG_CONF_PATH_LEN];
+        ag_conf_path(rp, sizeof rp, p, NULL, i);
+        ag_audit_capture_rule *cr = &c->capture_rules[i];
+        int idx = -1;
+        if (ag_conf_object(r, rp, keys, err) || ag_conf_enum(r, rp, "capture", capture_names, &idx, err))
+            return -1;
+        if (idx < 0)
+            return ag_conf_fail(err, rp, "capture", "is required (full, redacted, hashed or off)");
+        cr->capture = (ag_audit_capture)(idx + 1);
+        const cJSON *scope = ag_conf_get(r, "scope");
+        ag_conf_path(sp, sizeof sp, rp, "scope", -1);
+        if (!scope)
+            return ag_conf_fail(err, rp, "scope", "is required");
+        if (ag_conf_object(scope, sp, scope_keys, err) ||
+            ag_conf_strv(scope, sp, "tenants", &cr->tenants, NULL, err) ||
+            ag_conf_strv(scope, sp, "apps", &cr->apps, NULL, err) ||
+            ag_conf_strv(scope, sp, "roles", &cr->roles, NULL, err) ||
+            ag_conf_strv(scope, sp, "deployments", &cr->deployments, NULL, err))
+            return -1;
+    }
+    return 0;
+}
+
+/* Case-insensitive; a trailing '*' matches by prefix; an empty or absent list matches anyone. */
+static bool list_fits(char **list, const char *value)
+{
+    if (!list || !list[0])
+        return true;
+    for (size_t i = 0; list[i]; i++) {
+        size_t n = strlen(list[i]);
+        if (n && list[i][n - 1] == '*' ? strncasecmp(list[i], value, n - 1) == 0
+                                        : strcasecmp(list[i], value) == 0)
+            return true;
+    }
+    return false;
+}
+
+static bool roles_fit(char **list, const char *roles)
+{
+    if (!list || !list[0])
+        return true;
+    for (size_t i = 0; list[i]; i++)
+        if (ag_identity_list_has(roles, list[i]))
+            return true;
+    return false;
+}
+
+ag_audit_capture ag_audit_capture_for(const ag_audit_config *c, const char *tid, const char *app,
+                                      const char *roles, const char *deployment)
+{
+    for (size_t i = 0; i < c->ncapture_rules; i++) {
+        const ag_audit_capture_rule *r = &c->capture_rules[i];
+        if (list_fits(r->tenants, tid) && list_fits(r->apps, app) && roles_fit(r->roles, roles) &&
+            list_fits(r->deployments, deployment))
+            return r->capture;
+    }
+    return c->capture;
+}
+
 void ag_audit_config_free(ag_audit_config *c)
 {
+    capture_rules_free(c->capture_rules, c->ncapture_rules);
     for (size_t i = 0; i < c->nsinks; i++)
         sink_free(&c->sinks[i]);
     free(c->sinks);
@@ -238,6 +326,9 @@ int ag_audit_config_parse(const cJSON *section, const char *path, ag_audit_confi
             goto fail;
         c.capture = (ag_audit_capture)(idx + 1);
     }
+    const cJSON *rules = ag_conf_get(section, "capture_rules");
+    if (rules && parse_capture_rules(rules, path, &c, err) != 0)
+        goto fail;
     if (ag_conf_get(section, "on_full")) {
         if (ag_conf_enum(section, path, "on_full", on_full_names, &idx, err) != 0)
             goto fail;
@@ -323,6 +414,8 @@ int ag_audit_config_copy(ag_audit_config *dst, const ag_audit_config *src)
     *dst = *src;
     dst->sinks = NULL;
     dst->nsinks = 0;
+    dst->capture_rules = NULL;
+    dst->ncapture_rules = 0;
     dst->spool_dir = xstrdup(src->spool_dir);
     if (src->spool_dir && !dst->spool_dir)
         goto fail;

@@ -1,12 +1,14 @@
 /* The audit stage (see audit_stage.h). */
 #include "aoai_guard/audit_stage.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "aoai_guard/audit.h"
 #include "aoai_guard/audit_record.h"
 #include "aoai_guard/clock.h"
 #include "aoai_guard/log.h"
+#include "aoai_guard/policy.h"
 #include "aoai_guard/runtime.h"
 
 ag_stage_result ag_audit_stage_admit(ag_request *r)
@@ -43,6 +45,36 @@ static ag_completion_reason completion_of(const ag_request *r)
 static int64_t ms_between(uint64_t a, uint64_t b)
 {
     return (a && b && b >= a) ? (int64_t)((b - a) / 1000000) : -1;
+}
+
+/* The completion as the response policy would redact it (for capture: redacted): the assembled
+ * text run through the response-side rules. NULL when nothing applies; the caller frees. */
+static char *redact_completion(ag_request *r)
+{
+    cJSON *doc = cJSON_CreateObject();
+    cJSON *choices = doc ? cJSON_AddArrayToObject(doc, "choices") : NULL;
+    cJSON *choice = cJSON_CreateObject();
+    cJSON *msg = choice ? cJSON_AddObjectToObject(choice, "message") : NULL;
+    char *out = NULL;
+    if (choices && msg && cJSON_AddStringToObject(msg, "content", r->completion_text)) {
+        cJSON_AddItemToArray(choices, choice);
+        choice = NULL;
+        ag_policy_call call = {&r->identity, r->route.deployment[0] ? r->route.deployment : NULL,
+                               r->route.operation};
+        ag_policy_decisions scratch_dec;
+        memset(&scratch_dec, 0, sizeof scratch_dec);
+        bool modified = false;
+        ag_policy_inspect_response(r->cfg->policy, r->worker->policy_scratch, &call, doc, &scratch_dec,
+                                   &modified);
+        const cJSON *c0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(doc, "choices"), 0);
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(c0, "message"),
+                                                                "content");
+        if (modified && cJSON_IsString(content))
+            out = strdup(content->valuestring);
+    }
+    cJSON_Delete(choice);
+    cJSON_Delete(doc);
+    return out;
 }
 
 void ag_audit_stage_record(ag_request *r)
@@ -83,12 +115,26 @@ void ag_audit_stage_record(ag_request *r)
     for (unsigned i = 0; i < r->policy_decisions.count; i++)
         ag_audit_record_add_decision(rec, r->policy_decisions.items[i].rule,
                                      ag_policy_action_name(r->policy_decisions.items[i].action));
-    /* The prompt is the body as forwarded (after redaction when policy rewrote it). */
-    const char *prompt = r->forward_body ? r->forward_body : r->body;
-    size_t plen = r->forward_body ? r->forward_body_len : r->body_len;
+    const ag_identity *id = &r->identity;
+    rec->capture = ag_audit_capture_for(&r->cfg->audit, id->tid, id->app[0] ? id->app : id->name, id->roles,
+                                        r->route.deployment);
+    /* full: the prompt as the caller sent it; redacted: as it was forwarded, after the policy's
+     * redactions; hashed and off are applied by the record builder (the text never leaves it). */
+    bool redacted = rec->capture == AG_CAPTURE_REDACTED;
+    const char *prompt = redacted && r->forward_body ? r->forward_body : r->body;
+    size_t plen = redacted && r->forward_body ? r->forward_body_len : r->body_len;
     if (prompt && plen)
         ag_audit_record_set_prompt(rec, prompt, plen);
-    if (r->completion_text && r->completion_len)
-        ag_audit_record_set_response(rec, r->completion_text, r->completion_len);
+    if (r->completion_text && r->completion_len) {
+        char *redacted_text = NULL;
+        if (redacted && r->cfg->policy && ag_policy_has_response_rules(r->cfg->policy))
+            redacted_text = redact_completion(r);
+        if (redacted_text) {
+            ag_audit_record_set_response(rec, redacted_text, strlen(redacted_text));
+            free(redacted_text);
+        } else {
+            ag_audit_record_set_response(rec, r->completion_text, r->completion_len);
+        }
+    }
     ag_audit_submit(a, rec); /* takes ownership, never blocks */
 }

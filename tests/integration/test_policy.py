@@ -118,5 +118,46 @@ class Policy(GatewayTestCase):
         self.assertIn("pii-email:redact:1:resp", self.access()["policy_decisions"])
 
 
+class AuditCapture(GatewayTestCase):
+    """Issue 6: capture configurable per scope; redacted capture shows the policy's redactions."""
+
+    def test_capture_rules_per_app(self):
+        import os
+        up = self.fake()
+        up.configure(reply_text="Ping dave@example.com later.")
+        trail = os.path.join(self.tmp, "audit.jsonl")
+        gw = self.gateway(base_config([upstream(up)], policy=POLICY, auth={
+            "mode": "api_key", "api_keys": [{"name": "app-a", "key": KEY_A, "deployments": ["*"]},
+                                             {"name": "app-b", "key": KEY_B, "deployments": ["*"]}]},
+            audit={"sinks": [{"type": "file", "path": trail}], "spool_dir": os.path.join(self.tmp, "spool"),
+                   "capture": "full",
+                   "capture_rules": [{"scope": {"apps": ["app-a"]}, "capture": "hashed"},
+                                     {"scope": {"apps": ["app-b"], "deployments": ["gpt-4o*"]}, "capture": "redacted"}]}))
+        secret_text = "write to erin@example.org about it"
+        for key in (KEY_A, KEY_B):
+            st, _, _ = request(gw.port, "POST", CHAT, chat_body(secret_text), {"api-key": key})
+            self.assertEqual(st, 200)
+
+        def rows():
+            try:
+                with open(trail) as f:
+                    return [json.loads(l) for l in f if '"RecordType":"request"' in l]
+            except FileNotFoundError:
+                return []
+        recs = wait_until(lambda: rows() if len(rows()) == 2 else None, what="two audit records")
+        by_mode = {r["CaptureMode"]: r for r in recs}
+        self.assertEqual(set(by_mode), {"hashed", "redacted"})
+        hashed, redacted = by_mode["hashed"], by_mode["redacted"]
+        self.assertNotIn("PromptText", hashed)
+        self.assertEqual(len(hashed["PromptSha256"]), 64)
+        self.assertIn("[REDACTED:email]", redacted["PromptText"])
+        self.assertNotIn("erin@example.org", redacted["PromptText"])
+        self.assertEqual(redacted["ResponseText"], "Ping [REDACTED:email] later.")
+        with open(trail) as f:
+            everything = f.read()
+        self.assertNotIn("erin@example.org", everything)  # app-a's raw text is nowhere either
+        self.assertNotIn("dave@example.com", everything)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -88,7 +88,7 @@ int main(void)
 
     fails("{\"sinks\":[{\"type\":\"file\",\"path\":\"a\"}],\"spol_dir\":\"x\"}",
           "audit.spol_dir: unknown key (allowed here: sinks, spool_dir, capture, max_text_bytes_per_request, "
-          "queue_capacity, spool_max_bytes, spool_segment_bytes, on_full, fsync)");
+          "queue_capacity, spool_max_bytes, spool_segment_bytes, on_full, fsync, capture_rules)");
     fails("{\"sinks\":[{\"type\":\"file\",\"path\":\"a\",\"endpoint\":\"x\"}]}",
           "audit.sinks[0].endpoint: unknown key (allowed here: type, name, path, max_bytes, max_files)");
     fails("{\"sinks\":[{\"type\":\"kafka\"}]}",
@@ -122,5 +122,25 @@ int main(void)
     fails("{\"sinks\":[{\"type\":\"stdout\"},{\"type\":\"stdout\"}]}", "audit.sinks[1].type: only one stdout sink");
     fails("{\"sinks\":[{\"type\":\"stdout\"}],\"spool_max_bytes\":1048576,\"spool_segment_bytes\":1048576}",
           "audit.spool_segment_bytes: must be at most half of spool_max_bytes");
+        /* capture_rules: first match wins, prefix patterns, errors name the key */
+    {
+        ag_audit_config cr;
+        ag_conf_err ce;
+        cJSON *jr = cJSON_Parse("{\"sinks\":[{\"type\":\"stdout\"}],\"capture\":\"redacted\","
+                               "\"capture_rules\":[{\"scope\":{\"apps\":[\"batch\"]},\"capture\":\"off\"},"
+                               "{\"scope\":{\"deployments\":[\"gpt-4o*\"],\"roles\":[\"HR\"]},\"capture\":\"hashed\"}]}");
+        CHECK_INT(ag_audit_config_parse(jr, "audit", &cr, &ce), 0);
+        CHECK_INT(cr.ncapture_rules, 2);
+        CHECK_INT(ag_audit_capture_for(&cr, "t", "batch", "", "gpt-4o"), AG_CAPTURE_OFF);
+        CHECK_INT(ag_audit_capture_for(&cr, "t", "other", "Reader HR", "gpt-4o-mini"), AG_CAPTURE_HASHED);
+        CHECK_INT(ag_audit_capture_for(&cr, "t", "other", "Reader", "gpt-4o-mini"), AG_CAPTURE_REDACTED);
+        CHECK_INT(ag_audit_capture_for(&cr, "t", "other", "HR", "o3"), AG_CAPTURE_REDACTED);
+        ag_audit_config_free(&cr);
+        cJSON_Delete(jr);
+        jr = cJSON_Parse("{\"sinks\":[{\"type\":\"stdout\"}],\"capture_rules\":[{\"scope\":{\"app\":[]},\"capture\":\"off\"}]}");
+        CHECK_INT(ag_audit_config_parse(jr, "audit", &cr, &ce), -1);
+        CHECK(strstr(ce.msg, "audit.capture_rules[0].scope.app: unknown key") == ce.msg);
+        cJSON_Delete(jr);
+    }
     return CHECK_DONE();
 }

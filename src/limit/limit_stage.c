@@ -2,7 +2,9 @@
 #include "aoai_guard/limit_stage.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "aoai_guard/log.h"
 #include "aoai_guard/ratelimit.h"
@@ -13,12 +15,38 @@ static void limiter_log(void *arg, const char *msg)
     ag_log(AG_LOG_WARN, NULL, "rate limits: %s", msg);
 }
 
+/* Tests only: AOAI_GUARD_TEST_CLOCK_FILE names a file holding "now" in Unix milliseconds, read at
+ * every decision, so an integration test can cross a quota period's end without waiting for it.
+ * Unset in production: the limiter uses CLOCK_REALTIME. */
+static long long file_clock(void *arg)
+{
+    FILE *f = fopen(arg, "r");
+    long long ms = 0;
+    if (f) {
+        if (fscanf(f, "%lld", &ms) != 1)
+            ms = 0;
+        fclose(f);
+    }
+    if (ms > 0)
+        return ms;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 int ag_limit_stage_worker_init(ag_worker *w)
 {
     ag_limit_store *store = w->rt->svc.limit_store;
     if (!store)
         return 0;
     ag_limiter_opts o = {.base = w->base, .log = limiter_log, .log_arg = w};
+    const char *test_clock = getenv("AOAI_GUARD_TEST_CLOCK_FILE");
+    if (test_clock && test_clock[0]) {
+        o.clock = file_clock;
+        o.clock_arg = (void *)test_clock; /* the environment outlives the workers */
+        o.redis_client_clock = true;
+        ag_log(AG_LOG_WARN, NULL, "rate limits: using the TEST clock from %s", test_clock);
+    }
     w->limiter = ag_limiter_new(store, &o);
     return w->limiter ? 0 : -1;
 }

@@ -691,6 +691,44 @@ class MemoryStore(LimitsTestCase):
         wait_until(metric, timeout=10, what="aoai_guard_ratelimit_rejections_total per policy")
 
 
+class QuotaRollover(LimitsTestCase):
+    """Quota periods roll over at UTC calendar boundaries, through the binary with the test clock
+    (AOAI_GUARD_TEST_CLOCK_FILE: "now" in Unix ms, read at every decision)."""
+
+    def set_clock(self, when):
+        with open(self.clock, "w") as f:
+            f.write(str(int(when.timestamp() * 1000)))
+
+    def run_period(self, period, before, after, tokens=20):
+        self.clock = os.path.join(self.tmp, f"clock-{period}")
+        self.set_clock(before)
+        self.up = self.fake(name=f"aoai-{period}")
+        cfg = base_config([upstream(self.up)], auth=api_key_auth(), rate_limits={"policies": [
+            {"name": f"quota-{period}", "key": ["name"], "token_quota": {"period": period, "tokens": 1000}}]})
+        gw = self.gateway(cfg, name=f"gw-{period}", env={"AOAI_GUARD_TEST_CLOCK_FILE": self.clock})
+        emb = "/openai/deployments/emb/embeddings?api-version=2024-10-21"
+        r = call(gw.port, emb, {"input": ids_input(900)}, key=KEY_A)
+        self.assertEqual(r.status, 200, r)
+        r = call(gw.port, emb, {"input": ids_input(900)}, key=KEY_A)
+        self.assertEqual(r.status, 403, r)  # 1800 > 1000 in this period
+        window_left = int(r.headers["retry-after-ms"])
+        self.assertAlmostEqual(window_left, int((after - before).total_seconds() * 1000) - 5000, delta=2000)
+        self.set_clock(after)  # 5 s into the next period
+        r = call(gw.port, emb, {"input": ids_input(900)}, key=KEY_A)
+        self.assertEqual(r.status, 200, r)  # a fresh quota
+        gw.stop()
+
+    def test_day_rollover(self):
+        utc = datetime.timezone.utc
+        self.run_period("day", datetime.datetime(2026, 11, 28, 23, 59, 50, tzinfo=utc),
+                        datetime.datetime(2026, 11, 29, 0, 0, 5, tzinfo=utc))
+
+    def test_month_rollover_in_a_leap_february(self):
+        utc = datetime.timezone.utc
+        self.run_period("month", datetime.datetime(2028, 2, 29, 23, 59, 50, tzinfo=utc),
+                        datetime.datetime(2028, 3, 1, 0, 0, 5, tzinfo=utc))
+
+
 class EntraIdentities(LimitsTestCase):
     """Entra ID callers: counters keyed by (tid, oid) and by app stack; matching by app and role."""
 

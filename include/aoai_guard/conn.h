@@ -42,6 +42,7 @@ typedef struct ag_conn {
     char client_addr[64];
     int requests;                      /* served on this connection */
     bool line_checked;                 /* request line of the current request validated */
+    int empty_lines;                   /* empty lines skipped before this request line */
     bool value_pending;                /* a header value is being collected */
     bool headers_too_big;
     int pause_reason;                  /* why llhttp paused: headers or message complete */

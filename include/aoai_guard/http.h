@@ -25,6 +25,11 @@ bool ag_http_is_hop_by_hop(const char *name, size_t n);
 /* True when the comma-separated header value list contains token (case-insensitive). */
 bool ag_http_list_has(const char *value, size_t n, const char *token);
 
+/* Checks a request's Transfer-Encoding value: 0 when it is exactly the "chunked" coding (case
+ * insensitive, OWS allowed around it), 400 when malformed (empty, empty list elements, parameters,
+ * non-token bytes), 501 when it names another coding. */
+int ag_http_check_transfer_encoding(const char *v, size_t n);
+
 /* Standard reason phrase for a status code ("OK", "Too Many Requests", ...). */
 const char *ag_http_reason(int status);
 

@@ -92,6 +92,8 @@ typedef struct ag_request {
     bool body_done;                 /* the whole body is in */
     uint32_t chunks;                /* chunked request body: chunks seen (overhead bound) */
     size_t chunk_ext_bytes;         /* chunk-extension bytes seen */
+    size_t trailer_bytes;           /* trailer bytes seen (bounded like the head) */
+    bool upgrade_requested;         /* Upgrade asked for: never forwarded; last request here */
     char api_version[48];           /* the api-version query parameter, when present */
 
     /* body: read whole (bounded by limits.max_body_bytes) */
@@ -127,6 +129,7 @@ typedef struct ag_request {
     bool response_started;          /* the status line went out: no retry or error body any more */
     bool response_chunked;
     bool response_close;            /* "Connection: close" was sent */
+    bool response_no_body;          /* HEAD / 204 / 304: no body bytes go out */
     uint64_t bytes_in, bytes_out;   /* body bytes */
     char upstream[64];              /* name of the upstream that answered */
     int attempts;                   /* upstream attempts made */

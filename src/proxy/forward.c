@@ -60,6 +60,8 @@ struct ag_exchange {
     bool is_sse, is_json;
     bool paused;                       /* upstream reads paused for a slow client */
     bool policy_failed;                /* response policy could not run: fail closed */
+    bool head_scanned;                 /* obs-fold scan reached the end of the response head */
+    char head_prev;                    /* last byte seen by that scan */
     long long retry_after_ms;
     size_t resp_bytes;                 /* any response bytes at all from this connection */
 };
@@ -599,6 +601,25 @@ static void ex_resume_read(void *arg)
         bufferevent_enable(ex->uc->bev, EV_READ);
 }
 
+/* llhttp accepts obs-fold in response heads; an upstream that folds a header line is answered 502.
+ * Scans the head only (up to its blank line), carrying the last byte across reads. */
+static bool head_has_obs_fold(ag_exchange *ex, const char *data, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        char c = data[i];
+        if (ex->head_prev == '\n') {
+            if (c == ' ' || c == '\t')
+                return true;
+            if (c == '\r' || c == '\n') {
+                ex->head_scanned = true; /* the blank line: the body follows */
+                return false;
+            }
+        }
+        ex->head_prev = c;
+    }
+    return false;
+}
+
 /* Feeds what the upstream sent to llhttp. Returns false when the exchange is gone (finished,
  * failed or moved on), true when it waits for more bytes. */
 static bool ex_process(ag_exchange *ex, struct bufferevent *bev)
@@ -612,6 +633,13 @@ static bool ex_process(ag_exchange *ex, struct bufferevent *bev)
                 break;
         }
         ex->resp_bytes += v.iov_len;
+        if (!ex->head_scanned && head_has_obs_fold(ex, v.iov_base, v.iov_len)) {
+            ag_upstream_state *fup = &ex->set->ups[ex->idx];
+            ag_log(AG_LOG_WARN, ex->req->id, "upstream %s: obsolete line folding in the response head", fup->conf->name);
+            ag_upstream_report_failure(fup, ag_mono_ns(), "protocol");
+            ex_fail(ex, 502, "BadGateway", "The upstream sent a malformed response.", "upstream_protocol_error");
+            return false;
+        }
         llhttp_errno_t e = llhttp_execute(&ex->parser, v.iov_base, v.iov_len);
         if (e == HPE_OK) {
             evbuffer_drain(in, v.iov_len);
@@ -753,6 +781,8 @@ static void ex_send(ag_exchange *ex)
     ex->nh = 0;
     ex->rhlen = 0;
     ex->field_open = false;
+    ex->head_scanned = false;
+    ex->head_prev = 0;
     ex->complete = false;
     ex->resp_bytes = 0;
     ex->state = EX_WAITING;

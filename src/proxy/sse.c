@@ -17,6 +17,7 @@ struct ag_sse_parser {
     size_t event_len;
     bool after_cr;       /* last byte was CR: a following LF belongs to the same terminator */
     bool started;        /* past a possible BOM */
+    unsigned bom_seen;   /* BOM bytes matched so far */
     bool failed;
     size_t events;
     bool keep_raw;
@@ -66,10 +67,10 @@ size_t ag_sse_parser_events(const ag_sse_parser *p)
 
 static int grow(char **buf, size_t *cap, size_t need, size_t max)
 {
+    if (need > max + 64)
+        return -1; /* the bound holds whatever the buffer's capacity already is */
     if (need <= *cap)
         return 0;
-    if (need > max + 64)
-        return -1;
     size_t c = *cap ? *cap : 256;
     while (c < need)
         c *= 2;
@@ -85,6 +86,7 @@ static int dispatch(ag_sse_parser *p)
 {
     if (!p->has_data) {
         p->event_len = 0;
+        p->event[0] = '\0';
         return 0;
     }
     ag_sse_event ev = {p->event, p->event_len, p->data ? p->data : "", p->data_len,
@@ -95,6 +97,7 @@ static int dispatch(ag_sse_parser *p)
     p->data_len = 0;
     p->has_data = false;
     p->event_len = 0;
+    p->event[0] = '\0';
     return rc;
 }
 
@@ -138,11 +141,24 @@ int ag_sse_parser_feed(ag_sse_parser *p, const char *data, size_t len)
     if (p->failed)
         return -1;
     size_t i = 0;
-    if (!p->started && len) {
-        static const char bom[] = "\xEF\xBB\xBF";
-        if (len >= 3 && memcmp(data, bom, 3) == 0) {
-            i = 3;
-            if (p->keep_raw) {
+    /* A leading BOM, possibly split across reads: skipped (kept in the raw bytes). */
+    static const unsigned char bom[] = {0xEF, 0xBB, 0xBF};
+    while (!p->started && i < len) {
+        if ((unsigned char)data[i] != bom[p->bom_seen]) {
+            p->started = true;
+            if (p->bom_seen) {
+                /* Not a BOM after all: those bytes were ordinary line bytes. */
+                size_t n = p->bom_seen;
+                p->bom_seen = 0;
+                if (ag_sse_parser_feed(p, (const char *)bom, n) != 0)
+                    return -1;
+            }
+            break;
+        }
+        i++;
+        if (++p->bom_seen == 3) {
+            p->started = true;
+            if (p->keep_raw) { /* a filter forwards the BOM like every other byte */
                 if (grow(&p->raw, &p->raw_cap, p->raw_len + 4, p->max * 2 + 1024)) {
                     p->failed = true;
                     return -1;
@@ -151,7 +167,6 @@ int ag_sse_parser_feed(ag_sse_parser *p, const char *data, size_t len)
                 p->raw_len += 3;
             }
         }
-        p->started = true;
     }
     while (i < len) {
         char c = data[i];

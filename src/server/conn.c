@@ -58,12 +58,21 @@ static int parse_fail(ag_conn *c, int status, const char *code, const char *msg)
     return -1;
 }
 
+/* Trailers are never merged into the headers, but they count against the header limit. */
+static int trailer_bytes(ag_conn *c, size_t len)
+{
+    c->req->trailer_bytes += len;
+    if (c->req->trailer_bytes > (size_t)c->cfg->limits.max_header_bytes)
+        return parse_fail(c, 431, "RequestHeaderFieldsTooLarge", "The request trailers are too large.");
+    return 0;
+}
+
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     ag_conn *c = conn_of(p);
     ag_request *r = c->req;
     if (r->head_done)
-        return 0; /* a trailer: never merged into the headers; its size was bounded below */
+        return trailer_bytes(c, len);
     if (!c->value_pending) {
         if (r->nheaders == r->headers_cap)
             return parse_fail(c, 431, "RequestHeaderFieldsTooLarge", "Too many request headers.");
@@ -83,7 +92,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     ag_conn *c = conn_of(p);
     ag_request *r = c->req;
     if (r->head_done)
-        return 0;
+        return trailer_bytes(c, len);
     ag_header *h = &r->headers[r->nheaders - 1];
     if (h->value_len == 0)
         h->value_off = (uint32_t)(at - r->hbuf);
@@ -442,6 +451,7 @@ static void conn_start_request(ag_conn *c)
     c->req = r;
     c->state = AG_CONN_HEAD;
     c->line_checked = false;
+    c->empty_lines = 0;
     c->value_pending = false;
     c->pause_reason = PAUSE_NONE;
     c->err_status = 0;
@@ -499,8 +509,15 @@ static int check_header_lines(ag_conn *c, const char *h, size_t len, const char 
 static int conn_take_head(ag_conn *c, struct evbuffer *in)
 {
     size_t max = (size_t)c->cfg->limits.max_header_bytes;
-    size_t avail = evbuffer_get_length(in);
     struct evbuffer_ptr eol = evbuffer_search(in, "\r\n", 2, NULL);
+    /* Empty lines before a request line are ignored (RFC 9112 2.2), a few of them, however the
+     * CR and LF were split across reads. */
+    while (eol.pos == 0 && c->empty_lines < 4) {
+        evbuffer_drain(in, 2);
+        c->empty_lines++;
+        eol = evbuffer_search(in, "\r\n", 2, NULL);
+    }
+    size_t avail = evbuffer_get_length(in);
     if (eol.pos < 0) {
         if (evbuffer_search(in, "\n", 1, NULL).pos >= 0) {
             conn_reject(c, 400, "BadRequest", "Bare LF in the request line.");
@@ -514,6 +531,10 @@ static int conn_take_head(ag_conn *c, struct evbuffer *in)
     }
     if ((size_t)eol.pos + 2 > max) {
         conn_reject(c, 414, "UriTooLong", "The request line is too long.");
+        return -1;
+    }
+    if (eol.pos == 0) {
+        conn_reject(c, 400, "BadRequest", "Empty request line.");
         return -1;
     }
     if (!c->line_checked) {
@@ -726,6 +747,23 @@ static void conn_after_headers(ag_conn *c)
         conn_reject(c, 400, "BadRequest", "Transfer-Encoding is not allowed in HTTP/1.0.");
         return;
     }
+    if (r->h_transfer_encoding >= 0) {
+        /* Only "chunked" alone: an empty list, empty elements, parameters or non-token bytes are
+         * malformed (400); another coding, alone or before chunked, is unsupported (501). */
+        size_t tl;
+        const char *tv = ag_request_header_value(r, r->h_transfer_encoding, &tl);
+        int st = ag_http_check_transfer_encoding(tv, tl);
+        if (st) {
+            conn_reject(c, st, st == 501 ? "NotImplemented" : "BadRequest",
+                        st == 501 ? "Unsupported Transfer-Encoding." : "Malformed Transfer-Encoding.");
+            return;
+        }
+    }
+    if (c->parser.upgrade || (c->parser.flags & F_CONNECTION_UPGRADE)) {
+        /* Upgrade is never forwarded (h2c, websocket); llhttp stays in its upgrade state after
+         * this message, so this is the connection's last request. */
+        r->upgrade_requested = true;
+    }
     if (r->h_expect >= 0) {
         size_t el;
         const char *ev = ag_request_header_value(r, r->h_expect, &el);
@@ -740,7 +778,7 @@ static void conn_after_headers(ag_conn *c)
         conn_reject(c, 413, "RequestBodyTooLarge", "The request body is larger than allowed.");
         return;
     }
-    r->keep_alive = llhttp_should_keep_alive(&c->parser) &&
+    r->keep_alive = llhttp_should_keep_alive(&c->parser) && !r->upgrade_requested &&
                     c->requests + 1 < c->cfg->limits.max_requests_per_connection;
     ag_pipeline_run(r);
 }
@@ -805,13 +843,15 @@ void ag_response_begin(ag_request *r, int status, const char *headers, size_t he
         evbuffer_add(out, "Connection: keep-alive\r\n", 24);
     }
     evbuffer_add(out, "\r\n", 2);
-    if (no_body)
+    if (no_body) {
         r->response_chunked = false;
+        r->response_no_body = true; /* HEAD, 1xx, 204, 304: headers only */
+    }
 }
 
 void ag_response_body(ag_request *r, const void *data, size_t len)
 {
-    if (len == 0 || !r->conn->bev)
+    if (len == 0 || !r->conn->bev || r->response_no_body)
         return;
     struct evbuffer *out = bufferevent_get_output(r->conn->bev);
     if (r->bytes_out == 0)

@@ -103,6 +103,35 @@ bool ag_http_list_has(const char *value, size_t n, const char *token)
     return false;
 }
 
+int ag_http_check_transfer_encoding(const char *v, size_t n)
+{
+    size_t i = 0, elements = 0;
+    bool other = false, last_chunked = false;
+    for (;;) {
+        while (i < n && (v[i] == ' ' || v[i] == '\t'))
+            i++;
+        size_t s = i;
+        while (i < n && v[i] != ',' && v[i] != ' ' && v[i] != '\t')
+            i++;
+        size_t e = i;
+        while (i < n && (v[i] == ' ' || v[i] == '\t'))
+            i++;
+        if (e == s || !ag_http_is_token(v + s, e - s, false))
+            return 400; /* empty element (",chunked", "") or a non-token (parameters, 0xA0...) */
+        elements++;
+        last_chunked = e - s == 7 && strncasecmp(v + s, "chunked", 7) == 0;
+        other |= !last_chunked;
+        if (i == n)
+            break;
+        if (v[i] != ',')
+            return 400;
+        i++;
+    }
+    if (!last_chunked)
+        return other && elements == 1 ? 501 : 400; /* chunked must be the final coding */
+    return elements == 1 ? 0 : (other ? 501 : 400);
+}
+
 const char *ag_http_reason(int status)
 {
     switch (status) {

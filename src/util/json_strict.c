@@ -19,7 +19,7 @@ const char *ag_json_status_str(ag_json_status status)
     case AG_JSON_DUP_KEY: return "duplicate key";
     case AG_JSON_TOO_DEEP: return "nesting too deep";
     case AG_JSON_TOO_MANY_NODES: return "too many JSON values";
-    case AG_JSON_BAD_NUMBER: return "number out of range";
+    case AG_JSON_BAD_NUMBER: return "malformed or out-of-range number";
     }
     return "unknown";
 }
@@ -65,6 +65,48 @@ static bool is_ws(char c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
+/* Checks one number token at buf[i..] per RFC 8259 (no leading zeros, digits after '.' and in the
+ * exponent) and refuses integers beyond 2^53, which other parsers read exactly and cJSON does not.
+ * Returns the token length, or 0 when it is malformed or out of range. */
+static size_t number_token(const char *buf, size_t len, size_t i)
+{
+    size_t s = i;
+    if (i < len && buf[i] == '-')
+        i++;
+    size_t d0 = i;
+    while (i < len && buf[i] >= '0' && buf[i] <= '9')
+        i++;
+    size_t ndig = i - d0;
+    if (ndig == 0 || (ndig > 1 && buf[d0] == '0'))
+        return 0;
+    bool integer = true;
+    if (i < len && buf[i] == '.') {
+        integer = false;
+        size_t f0 = ++i;
+        while (i < len && buf[i] >= '0' && buf[i] <= '9')
+            i++;
+        if (i == f0)
+            return 0;
+    }
+    if (i < len && (buf[i] == 'e' || buf[i] == 'E')) {
+        integer = false;
+        i++;
+        if (i < len && (buf[i] == '+' || buf[i] == '-'))
+            i++;
+        size_t e0 = i;
+        while (i < len && buf[i] >= '0' && buf[i] <= '9')
+            i++;
+        if (i == e0)
+            return 0;
+    }
+    if (integer) {
+        /* 2^53 = 9007199254740992 (16 digits): compare digit strings without converting. */
+        if (ndig > 16 || (ndig == 16 && memcmp(buf + d0, "9007199254740992", 16) > 0))
+            return 0;
+    }
+    return i - s;
+}
+
 /* One pass over the raw bytes: string contents, escapes, depth and a value count. */
 static ag_json_status prescan(const char *buf, size_t len, const ag_json_limits *lim, size_t *off)
 {
@@ -88,6 +130,15 @@ static ag_json_status prescan(const char *buf, size_t len, const ag_json_limits 
                 *off = i;
                 return AG_JSON_CONTROL_CHAR;
             }
+            continue;
+        }
+        if (c == '-' || (c >= '0' && c <= '9')) {
+            size_t n = number_token(buf, len, i);
+            if (n == 0) {
+                *off = i;
+                return AG_JSON_BAD_NUMBER;
+            }
+            i += n - 1;
             continue;
         }
         switch (c) {

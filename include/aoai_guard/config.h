@@ -16,6 +16,7 @@
 #include "aoai_guard/audit_config.h"
 #include "aoai_guard/auth_config.h"
 #include "aoai_guard/confparse.h"
+#include "aoai_guard/content_safety_config.h"
 #include "aoai_guard/credential.h"
 #include "aoai_guard/metrics.h"
 #include "aoai_guard/ratelimit_config.h"
@@ -74,7 +75,7 @@ typedef struct ag_upstream_conf {
 } ag_upstream_conf;
 
 /* Top-level sections, in the order ag_config_diff reports them. */
-#define AG_CONFIG_SECTIONS 13
+#define AG_CONFIG_SECTIONS 14
 extern const char *const ag_config_section_names[AG_CONFIG_SECTIONS];
 
 typedef struct ag_config {
@@ -105,6 +106,7 @@ typedef struct ag_config {
     bool has_audit;                  /* absent section: no audit trail (logged at start) */
     ag_audit_config audit;
     struct ag_policy *policy;        /* compiled prompt policy; NULL when the section is absent */
+    ag_content_safety_config content_safety; /* .enabled false when the section is absent */
 } ag_config;
 
 /* Loads and validates a configuration file; NULL with err naming the key on any problem. */

@@ -35,6 +35,7 @@ struct ag_token_cache;
 struct ag_jwks;
 struct ag_limiter;
 struct ag_policy_scratch;
+struct ag_curl_loop;
 
 typedef struct ag_worker {
     int index;
@@ -57,6 +58,7 @@ typedef struct ag_worker {
     struct ag_request_list parked;        /* requests waiting for a JWKS refetch */
     struct ag_limiter *limiter;           /* rate limits: this worker's client of the store */
     struct ag_policy_scratch *policy_scratch; /* prompt policy matching space */
+    struct ag_curl_loop *curl;            /* request-path side calls (Content Safety), this loop */
     unsigned metrics_shard;
 
     pthread_mutex_t qlock;                /* guards qhead/qtail only */

@@ -19,12 +19,12 @@
 
 const char *const ag_config_section_names[AG_CONFIG_SECTIONS] = {
     "workers", "listeners", "admin", "limits", "upstreams", "routes", "auth",
-    "credential", "rate_limits", "policy", "audit", "log", "shutdown",
+    "credential", "rate_limits", "policy", "audit", "log", "shutdown", "content_safety",
 };
 
 static const char *const top_keys[] = {
     "workers", "listeners", "admin", "limits", "upstreams", "routes", "auth", "credential",
-    "rate_limits", "policy", "audit", "log", "shutdown", NULL,
+    "rate_limits", "policy", "audit", "log", "shutdown", "content_safety", NULL,
 };
 
 /* ---- TLS contexts ---------------------------------------------------------------------------- */
@@ -405,6 +405,11 @@ static int parse_stage_sections(const cJSON *root, ag_config *cfg, ag_conf_err *
             if (cfg->audit.sinks[i].type == AG_AUDIT_SINK_AZURE_MONITOR)
                 needs_credential = true;
     }
+    if (ag_content_safety_config_parse(ag_conf_get(root, "content_safety"), "content_safety",
+                                       &cfg->content_safety, err))
+        return -1;
+    if (cfg->content_safety.use_entra)
+        needs_credential = true;
     const cJSON *cred = ag_conf_get(root, "credential");
     if (cred || needs_credential) {
         if (ag_credential_config_parse(cred, "credential", &cfg->credential, err))
@@ -476,6 +481,7 @@ static void config_free(ag_config *cfg)
         ag_audit_config_free(&cfg->audit);
     if (cfg->policy)
         ag_policy_free(cfg->policy);
+    ag_content_safety_config_free(&cfg->content_safety);
     free(cfg);
 }
 

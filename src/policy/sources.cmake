@@ -9,3 +9,4 @@ target_sources(aoai_core PRIVATE
   ${CMAKE_CURRENT_LIST_DIR}/policy_request.c
   ${CMAKE_CURRENT_LIST_DIR}/policy_stream.c)
 target_sources(aoai_core PRIVATE ${CMAKE_CURRENT_LIST_DIR}/policy_stage.c)
+target_sources(aoai_core PRIVATE ${CMAKE_CURRENT_LIST_DIR}/content_safety.c)

@@ -8,6 +8,7 @@
 #include "aoai_guard/limit_stage.h"
 #include "aoai_guard/policy_stage.h"
 #include "aoai_guard/clock.h"
+#include "aoai_guard/content_safety.h"
 #include "aoai_guard/conn.h"
 #include "aoai_guard/forward.h"
 #include "aoai_guard/json_strict.h"
@@ -102,6 +103,7 @@ static const stage stages[] = {
     {"admit_audit", ag_audit_stage_admit},
     {"admit", ag_limit_stage_admit},
     {"inspect", ag_policy_stage_inspect},
+    {"content_safety", ag_content_safety_stage},
     {"prepare", ag_forward_prepare_stage},
     {"forward", ag_forward_stage},
 };

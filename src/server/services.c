@@ -107,11 +107,11 @@ int ag_services_start(ag_services *s, struct ag_runtime *rt, struct event_base *
             snprintf(err, errlen, "credential: %s", ce.msg);
             return -1;
         }
+        bool cognitive = cfg->content_safety.use_entra;
         for (size_t i = 0; i < cfg->nupstreams; i++)
-            if (cfg->upstreams[i].auth == AG_UPSTREAM_AUTH_ENTRA) {
-                ag_credential_add_scope(s->credential, AG_SCOPE_COGNITIVE);
-                break;
-            }
+            cognitive |= cfg->upstreams[i].auth == AG_UPSTREAM_AUTH_ENTRA;
+        if (cognitive)
+            ag_credential_add_scope(s->credential, AG_SCOPE_COGNITIVE);
         for (size_t i = 0; cfg->has_audit && i < cfg->audit.nsinks; i++)
             if (cfg->audit.sinks[i].type == AG_AUDIT_SINK_AZURE_MONITOR) {
                 ag_credential_add_scope(s->credential, AG_SCOPE_MONITOR);

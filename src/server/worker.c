@@ -14,6 +14,7 @@
 
 #include "aoai_guard/auth_stage.h"
 #include "aoai_guard/conn.h"
+#include "aoai_guard/content_safety.h"
 #include "aoai_guard/limit_stage.h"
 #include "aoai_guard/policy_stage.h"
 #include "aoai_guard/log.h"
@@ -104,7 +105,7 @@ int ag_worker_init(ag_worker *w, struct ag_runtime *rt, int index, ag_config *cf
     w->cfg = ag_config_ref(cfg);
     w->metrics_shard = (unsigned)index;
     if (ag_auth_stage_worker_init(w) != 0 || ag_limit_stage_worker_init(w) != 0 ||
-        ag_policy_stage_worker_init(w) != 0)
+        ag_policy_stage_worker_init(w) != 0 || ag_content_safety_worker_init(w) != 0)
         return -1;
     w->upstreams = ag_upstream_set_new(w, cfg);
     if (!w->upstreams)
@@ -156,6 +157,7 @@ void ag_worker_destroy(ag_worker *w)
     ag_auth_stage_worker_free(w);
     ag_limit_stage_worker_free(w);
     ag_policy_stage_worker_free(w);
+    ag_content_safety_worker_free(w);
     if (w->cfg)
         ag_config_unref(w->cfg);
     ag_worker_msg *m = w->qhead;

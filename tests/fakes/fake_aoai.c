@@ -677,6 +677,9 @@ static bool authorized(const fa_server *s, const ag_fake_req *req)
     const char *v;
     if (s->api_key && (v = ag_fake_req_header(req, "api-key", NULL)) && strcmp(v, s->api_key) == 0)
         return true;
+    /* Azure AI Content Safety's key header */
+    if (s->api_key && (v = ag_fake_req_header(req, "ocp-apim-subscription-key", NULL)) && strcmp(v, s->api_key) == 0)
+        return true;
     if (s->bearer && (v = ag_fake_req_header(req, "authorization", NULL)) && strncasecmp(v, "Bearer ", 7) == 0 &&
         strcmp(v + 7, s->bearer) == 0)
         return true;

@@ -1196,9 +1196,69 @@ out:
 
 /* ---- entry points ---- */
 
+static bool contains_ci(const char *hay, const char *needle)
+{
+    return hay && strcasestr(hay, needle) != NULL;
+}
+
+/* Azure AI Content Safety stand-in, deterministic: Prompt Shields detects an attack when a text
+ * contains "ignore all previous instructions"; text:analyze reports Hate at severity 6 for texts
+ * containing "hatetrigger" and 0 for every category otherwise. */
+static void content_safety(const ag_fake_req *req, ag_fake_resp *r)
+{
+    bool shield = strncmp(req->url, "/contentsafety/text:shieldPrompt", 32) == 0;
+    bool analyze = strncmp(req->url, "/contentsafety/text:analyze", 27) == 0;
+    if ((!shield && !analyze) || !strstr(req->url, "api-version="))
+        return ag_fake_api_error(r, 404, "404", "Resource not found", NULL, NULL);
+    cJSON *body = cJSON_ParseWithLength(req->body, req->body_len);
+    if (!body)
+        return ag_fake_api_error(r, 400, "InvalidRequestBody", "The request body is not valid JSON.", NULL, NULL);
+    r->status = 200;
+    cJSON *root = obj_new();
+    if (shield) {
+        const cJSON *up = cJSON_GetObjectItemCaseSensitive(body, "userPrompt");
+        if (!cJSON_IsString(up)) {
+            cJSON_Delete(root);
+            cJSON_Delete(body);
+            return ag_fake_api_error(r, 400, "InvalidRequestBody", "userPrompt is required.", NULL, NULL);
+        }
+        cJSON *upa = obj_new();
+        cJSON_AddBoolToObject(upa, "attackDetected", contains_ci(up->valuestring, "ignore all previous instructions"));
+        put(root, "userPromptAnalysis", upa);
+        cJSON *docs = cJSON_AddArrayToObject(root, "documentsAnalysis");
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(body, "documents");
+        for (const cJSON *e = cJSON_IsArray(d) ? d->child : NULL; e; e = e->next) {
+            cJSON *da = obj_new();
+            cJSON_AddBoolToObject(da, "attackDetected",
+                                  cJSON_IsString(e) && contains_ci(e->valuestring, "ignore all previous instructions"));
+            cJSON_AddItemToArray(docs, da);
+        }
+    } else {
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(body, "text");
+        if (!cJSON_IsString(text)) {
+            cJSON_Delete(root);
+            cJSON_Delete(body);
+            return ag_fake_api_error(r, 400, "InvalidRequestBody", "text is required.", NULL, NULL);
+        }
+        cJSON_AddArrayToObject(root, "blocklistsMatch");
+        cJSON *cats = cJSON_AddArrayToObject(root, "categoriesAnalysis");
+        static const char *const names[] = {"Hate", "SelfHarm", "Sexual", "Violence"};
+        for (int i = 0; i < 4; i++) {
+            cJSON *c = obj_new();
+            put_str(c, "category", names[i]);
+            cJSON_AddNumberToObject(c, "severity", i == 0 && contains_ci(text->valuestring, "hatetrigger") ? 6 : 0);
+            cJSON_AddItemToArray(cats, c);
+        }
+    }
+    cJSON_Delete(body);
+    emit_json(&r->body, root);
+}
+
 void ag_fake_api_handle(const ag_fake_req *req, const ag_fake_conf *conf, ag_fake_resp *r)
 {
     ag_fake_resp_reset(r);
+    if (strncmp(req->url, "/contentsafety/", 15) == 0 && strcmp(req->method, "POST") == 0)
+        return content_safety(req, r);
     fa_route rt;
     if (!route_parse(req->url, &rt))
         return ag_fake_api_error(r, 404, "404", "Resource not found", NULL, NULL);

@@ -135,6 +135,7 @@ typedef struct ag_request {
     int attempts;                   /* upstream attempts made */
     ag_usage usage;
     bool stream;                    /* SSE response */
+    bool want_text;                 /* assemble the completion text (the audit trail records it) */
     bool strip_usage;               /* we asked Azure for include_usage: drop that chunk for the caller */
     bool sse_events;                /* forward SSE event by event (usage strip, response policy) */
     bool resp_policy;               /* response-side policy rules run on this response */

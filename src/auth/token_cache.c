@@ -6,6 +6,9 @@
  * in a few MB instead of 27. */
 #include "aoai_guard/token_cache.h"
 
+#include <pthread.h>
+#include <openssl/evp.h>
+
 #include <stdlib.h>
 #include <string.h>
 #include <openssl/sha.h>
@@ -72,9 +75,20 @@ void ag_token_cache_free(ag_token_cache *c)
     free(c);
 }
 
+static EVP_MD *sha256_md;
+
+static void fetch_sha256(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 void ag_token_cache_key(const char *token, size_t len, unsigned char key[AG_TOKEN_CACHE_KEY_LEN])
 {
-    SHA256((const unsigned char *)token, len, key);
+    /* The digest is fetched once: SHA256() looks the algorithm up in OpenSSL 3 on every call. */
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, fetch_sha256);
+    if (!sha256_md || EVP_Digest(token, len, key, NULL, sha256_md, NULL) != 1)
+        SHA256((const unsigned char *)token, len, key);
 }
 
 static size_t bucket_of(const ag_token_cache *c, const unsigned char *key)

@@ -70,6 +70,8 @@ static SSL_CTX *server_tls_ctx(const ag_tls_conf *t, const char *path, ag_conf_e
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | /* client renegotiation is off by default in OpenSSL 3 */
                                  SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_max_early_data(ctx, 0);
+    /* Idle keep-alive connections give their 34 KB of TLS read/write buffers back. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select_http11, NULL);
     if (SSL_CTX_use_certificate_chain_file(ctx, t->cert_file) != 1) {
         openssl_reason(reason, sizeof reason);

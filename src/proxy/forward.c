@@ -384,13 +384,14 @@ static int on_resp_headers_complete(llhttp_t *p)
     } else {
         ag_upstream_report_success(up);
     }
-    size_t ctl;
+    size_t ctl = 0;
     const char *ct = rh_value(ex, "content-type", &ctl);
     ex->is_sse = value_starts(ct, ctl, "text/event-stream");
     ex->is_json = value_starts(ct, ctl, "application/json");
     snprintf(r->upstream, sizeof r->upstream, "%s", up->conf->name);
     const ag_policy *pol = r->cfg->policy;
     const char *op = r->route.operation;
+    r->want_text = r->worker->rt->svc.audit != NULL; /* only the audit trail keeps the completion */
     r->resp_policy = pol && r->json && status >= 200 && status < 300 && ag_policy_has_response_rules(pol) &&
                      (strcmp(op, "chat/completions") == 0 || strcmp(op, "completions") == 0 ||
                       strcmp(op, "responses") == 0);

@@ -71,8 +71,45 @@ static void take_responses_text(ag_request *r, const cJSON *resp)
     }
 }
 
+/* Where a non-null "usage" object starts in text (its '{'), or NULL. The last occurrence wins:
+ * Azure puts usage at the end, after any text that could mention the word. */
+static const char *find_usage_object(const char *text, size_t len)
+{
+    const char *found = NULL;
+    for (const char *p = text; (p = memmem(p, len - (size_t)(p - text), "\"usage\"", 7)) != NULL; p += 7) {
+        const char *q = p + 7;
+        const char *end = text + len;
+        while (q < end && (*q == ' ' || *q == '\t' || *q == '\r' || *q == '\n'))
+            q++;
+        if (q < end && *q == ':') {
+            q++;
+            while (q < end && (*q == ' ' || *q == '\t' || *q == '\r' || *q == '\n'))
+                q++;
+            if (q < end && *q == '{')
+                found = q;
+        }
+    }
+    return found;
+}
+
+/* Usage alone, without parsing the whole document. 1 when one was found. */
+static int usage_only_parse(ag_request *r, const char *text, size_t len)
+{
+    const char *u = find_usage_object(text, len);
+    if (!u)
+        return 0;
+    cJSON *obj = cJSON_ParseWithLengthOpts(u, len - (size_t)(u - text), NULL, false);
+    int found = obj && ag_usage_parse(obj, &r->usage) == 0;
+    cJSON_Delete(obj);
+    return found;
+}
+
 void ag_usage_from_json_response(ag_request *r, const char *body, size_t len)
 {
+    if (!r->want_text) {
+        usage_only_parse(r, body, len);
+        return;
+    }
     cJSON *root = cJSON_ParseWithLength(body, len);
     if (!root)
         return;
@@ -91,6 +128,12 @@ int ag_usage_from_sse_event(ag_request *r, const ag_sse_event *ev)
         return 0;
     if (ev->data_len == 0 || ev->data[0] != '{')
         return 0;
+    if (!r->want_text) {
+        /* Without an audit trail only usage matters: most chunks carry none ("usage":null or no
+         * key), so they are not parsed at all. */
+        if (!find_usage_object(ev->data, ev->data_len))
+            return 0;
+    }
     cJSON *root = cJSON_ParseWithLength(ev->data, ev->data_len);
     if (!root)
         return 0;

@@ -32,6 +32,8 @@ typedef struct ag_services {
     ag_metrics_std std;
     struct event *sweep;           /* periodic rate-limit store sweep */
     unsigned long long credential_failures_seen[2]; /* last published, per scope */
+    unsigned long long credential_failures_evented[2]; /* last reported to the audit trail */
+    struct event *credential_watch;
 } ag_services;
 
 /* Creates what cfg needs. 0, or -1 with err. */

@@ -31,6 +31,16 @@ typedef struct ag_worker_msg {
 
 TAILQ_HEAD(ag_conn_list, ag_conn);
 TAILQ_HEAD(ag_request_list, ag_request);
+
+#define AG_AUTH_BURST_SLOTS 64
+
+/* Authentication failures of one client address in the current window (auth stage). */
+typedef struct ag_auth_burst {
+    char addr[64];
+    long long window_start;
+    int failures;
+    bool reported;
+} ag_auth_burst;
 struct ag_token_cache;
 struct ag_jwks;
 struct ag_limiter;
@@ -56,6 +66,7 @@ typedef struct ag_worker {
     struct ag_token_cache *token_cache;   /* verified tokens (auth) */
     struct ag_jwks *keys;                 /* the key set this worker validates with (a reference) */
     struct ag_request_list parked;        /* requests waiting for a JWKS refetch */
+    ag_auth_burst auth_bursts[AG_AUTH_BURST_SLOTS];
     struct ag_limiter *limiter;           /* rate limits: this worker's client of the store */
     struct ag_policy_scratch *policy_scratch; /* prompt policy matching space */
     struct ag_curl_loop *curl;            /* request-path side calls (Content Safety), this loop */

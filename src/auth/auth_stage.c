@@ -7,6 +7,7 @@
 
 #include <event2/event.h>
 
+#include "aoai_guard/audit.h"
 #include "aoai_guard/auth.h"
 #include "aoai_guard/authz.h"
 #include "aoai_guard/jwks.h"
@@ -55,6 +56,53 @@ static void park_on_free(ag_request *r, void *arg)
     unpark(r);
 }
 
+/* Sustained authentication failures from one client address become a gateway event in the audit
+ * trail: AUTH_BURST_FAILURES within AUTH_BURST_WINDOW_S, reported once per window. A small table
+ * per worker (no lock); an address that does not fit replaces the oldest window. */
+#define AUTH_BURST_FAILURES 20
+#define AUTH_BURST_WINDOW_S 60
+
+static void note_auth_failure(ag_request *r)
+{
+    ag_worker *w = r->worker;
+    ag_audit *a = w->rt->svc.audit;
+    if (!a)
+        return;
+    time_t now = time(NULL);
+    ag_auth_burst *slot = NULL, *oldest = &w->auth_bursts[0];
+    for (size_t i = 0; i < AG_AUTH_BURST_SLOTS; i++) {
+        ag_auth_burst *b = &w->auth_bursts[i];
+        if (strcmp(b->addr, r->client_addr) == 0) {
+            slot = b;
+            break;
+        }
+        if (b->window_start < oldest->window_start)
+            oldest = b;
+    }
+    if (!slot) {
+        slot = oldest;
+        snprintf(slot->addr, sizeof slot->addr, "%s", r->client_addr);
+        slot->window_start = now;
+        slot->failures = 0;
+        slot->reported = false;
+    }
+    if (now - slot->window_start >= AUTH_BURST_WINDOW_S) {
+        slot->window_start = now;
+        slot->failures = 0;
+        slot->reported = false;
+    }
+    if (++slot->failures >= AUTH_BURST_FAILURES && !slot->reported) {
+        slot->reported = true;
+        char n[16], win[16];
+        snprintf(n, sizeof n, "%d", slot->failures);
+        snprintf(win, sizeof win, "%d", AUTH_BURST_WINDOW_S);
+        ag_log(AG_LOG_WARN, r->id, "auth: %d failures from %s within %d s", slot->failures, r->client_addr,
+               AUTH_BURST_WINDOW_S);
+        ag_audit_event(a, AG_EVENT_AUTH_FAILURE_BURST, "client_address", r->client_addr, "failures", n,
+                       "window_s", win, NULL);
+    }
+}
+
 /* Answers an authentication or authorization failure: the module's status, WWW-Authenticate and
  * body; the specific reason only in the log and metrics. */
 static void auth_fail(ag_request *r, ag_auth_code code, const ag_auth_result *res, bool close)
@@ -66,6 +114,8 @@ static void auth_fail(ag_request *r, ag_auth_code code, const ag_auth_result *re
            res && res->log[0] ? res->log : reason);
     ag_metric_inc(ag_metric_series(svc->std.auth_failures_total, r->worker->metrics_shard,
                                    (const char *const[]){reason}));
+    if (code != AG_AUTH_FORBIDDEN && code != AG_AUTH_NO_KEYS && code != AG_AUTH_INTERNAL)
+        note_auth_failure(r);
     char www[512], hdr[600] = "";
     size_t wl = ag_auth_www_authenticate(ac, code, NULL, www, sizeof www);
     if (wl)

@@ -14,6 +14,8 @@
 #include "aoai_guard/runtime.h"
 #include "aoai_guard/worker.h"
 
+static void credential_watch_cb(evutil_socket_t fd, short what, void *arg);
+
 /* The audit thread asks for the Azure Monitor token here; the copy lives in a buffer only that
  * thread uses. */
 static _Thread_local char monitor_token[16384];
@@ -71,8 +73,17 @@ static void jwks_round(void *arg, bool changed, uint64_t generation)
     ag_runtime *rt = s->rt;
     for (size_t i = 0; i < rt->nworkers; i++)
         ag_worker_post(&rt->workers[i], ag_auth_stage_keys_round, NULL);
-    if (changed)
+    if (changed) {
         ag_log(AG_LOG_INFO, NULL, "JWKS: new key set published (generation %llu)", (unsigned long long)generation);
+        if (s->audit) {
+            char gen[24], keys[24];
+            ag_jwks_manager_stats st;
+            ag_jwks_manager_get_stats(s->jwks, &st);
+            snprintf(gen, sizeof gen, "%llu", (unsigned long long)generation);
+            snprintf(keys, sizeof keys, "%zu", st.keys);
+            ag_audit_event(s->audit, AG_EVENT_JWKS_ROTATION, "generation", gen, "keys", keys, NULL);
+        }
+    }
 }
 
 static void sweep_cb(evutil_socket_t fd, short what, void *arg)
@@ -117,6 +128,12 @@ int ag_services_start(ag_services *s, struct ag_runtime *rt, struct event_base *
                 ag_credential_add_scope(s->credential, AG_SCOPE_MONITOR);
                 break;
             }
+    }
+    if (s->credential) {
+        s->credential_watch = event_new(base, -1, EV_PERSIST, credential_watch_cb, s);
+        struct timeval tv = {10, 0};
+        if (s->credential_watch)
+            event_add(s->credential_watch, &tv);
     }
     if (cfg->auth.mode == AG_AUTH_MODE_ENTRA) {
         ag_jwks_manager_opts o = {
@@ -163,6 +180,30 @@ int ag_services_start(ag_services *s, struct ag_runtime *rt, struct event_base *
     return 0;
 }
 
+/* Every 10 s on the control thread: new credential refresh failures become gateway events in the
+ * audit trail (and the counter metric). */
+static void credential_watch_cb(evutil_socket_t fd, short what, void *arg)
+{
+    ag_services *s = arg;
+    static const char *const scopes[] = {AG_SCOPE_COGNITIVE, AG_SCOPE_MONITOR};
+    for (int i = 0; i < 2; i++) {
+        ag_credential_stats st;
+        if (ag_credential_stats_get(s->credential, scopes[i], &st) != 0)
+            continue;
+        if (st.failures > s->credential_failures_evented[i]) {
+            char n[24], left[24];
+            snprintf(n, sizeof n, "%llu", st.failures - s->credential_failures_evented[i]);
+            snprintf(left, sizeof left, "%lld", st.seconds_to_expiry);
+            if (s->audit)
+                ag_audit_event(s->audit, AG_EVENT_CREDENTIAL_REFRESH_FAILED, "credential",
+                               ag_credential_source_str(ag_credential_get_source(s->credential)), "scope", scopes[i],
+                               "failures", n, "token_seconds_left", left, NULL);
+            s->credential_failures_evented[i] = st.failures;
+        }
+    }
+    ag_services_scrape(s);
+}
+
 void ag_services_scrape(ag_services *s)
 {
     if (!s->credential)
@@ -206,6 +247,8 @@ void ag_services_stop(ag_services *s, int64_t audit_deadline_ms)
     }
     if (s->sweep)
         event_free(s->sweep);
+    if (s->credential_watch)
+        event_free(s->credential_watch);
     if (s->jwks)
         ag_jwks_manager_free(s->jwks);
     if (s->credential)

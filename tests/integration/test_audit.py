@@ -449,6 +449,28 @@ class FileSink(AuditTestCase):
             self.assertIn("GatewayVersion", r)
 
 
+class SecurityEvents(AuditTestCase):
+    """Gateway events for the security team: sustained authentication failures from one client
+    address (20 within 60 s, reported once per window) and JWKS rotations."""
+
+    def test_auth_failure_burst_is_recorded_once(self):
+        up = self.fake()
+        cfg = self.config(up, [self.file_sink()])
+        cfg["auth"] = {"mode": "api_key", "api_keys": [{"name": "app", "key": "right-key-0123456789", "deployments": ["*"]}]}
+        gw = self.gateway(cfg)
+        for i in range(25):
+            st, _, _ = request(gw.port, "POST", CHAT, chat_body("x"), {"api-key": "wrong-key-0123456789"})
+            self.assertEqual(st, 401)
+        ev = wait_until(lambda: event_rows(read_jsonl(self.audit_file), "auth_failure_burst"), what="burst event")
+        self.assertEqual(len(ev), 1)
+        d = ev[0]["EventDetails"]
+        self.assertEqual(d["client_address"], "127.0.0.1")
+        self.assertEqual(d["failures"], "20")
+        self.assertEqual(d["window_s"], "60")
+        self.assertEqual(gw.stop(), 0)
+        self.assertEqual(len(event_rows(read_jsonl(self.audit_file), "auth_failure_burst")), 1)
+
+
 def gw_version():
     import subprocess
     from harness import BIN

@@ -143,7 +143,8 @@ typedef struct ag_request {
     ag_policy_sse *policy_sse;      /* streamed response rewriter (owned) */
     bool policy_flushed;            /* held-back text sent at the end of the stream */
     const char *completion;         /* why the response ended: "complete", "client_disconnected", "upstream_reset"... */
-    const char *error_code;         /* our error code when we answered, for the access log */
+    const char *error_code;         /* our error code when we answered (static or error_code_buf) */
+    char error_code_buf[48];        /* a code that is not a static string (policy constraint codes) */
     struct ag_exchange *ex;
     struct ag_sse_parser *sse;
     char *completion_text;          /* assembled from the response (bounded) */

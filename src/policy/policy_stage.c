@@ -1,6 +1,7 @@
 /* The inspect stage (see policy_stage.h). */
 #include "aoai_guard/policy_stage.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -62,10 +63,11 @@ ag_stage_result ag_policy_stage_inspect(ag_request *r)
         char *body = ag_policy_error_body(&res, &len);
         ag_log(AG_LOG_INFO, r->id, "policy: %s by %s", ag_policy_verdict_name(res.verdict),
                res.rule ? res.rule : "?");
+        /* The result lives on this stack frame; the access log reads the code after we return. */
+        snprintf(r->error_code_buf, sizeof r->error_code_buf, "%s",
+                 res.verdict == AG_VERDICT_BLOCK ? "content_filter" : res.code);
         if (body) {
-            ag_request_error_body(r, res.status ? res.status : 400,
-                                  res.verdict == AG_VERDICT_BLOCK ? "content_filter" : res.code, body, len,
-                                  NULL, false);
+            ag_request_error_body(r, res.status ? res.status : 400, r->error_code_buf, body, len, NULL, false);
             free(body);
         } else {
             ag_request_error(r, 400, "content_filter", "The request was blocked by the gateway's policy.",

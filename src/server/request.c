@@ -260,7 +260,7 @@ void ag_request_finish(ag_request *r)
             ag_jw_kv_str(&w, "identity", r->identity.name);
     }
     if (r->policy_verdict) {
-        char dec[512];
+        char dec[512] = "";
         ag_policy_decisions_format(&r->policy_decisions, dec, sizeof dec);
         ag_jw_kv_str(&w, "policy", r->policy_verdict);
         if (dec[0])

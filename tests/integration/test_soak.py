@@ -197,6 +197,14 @@ class Soak(GatewayTestCase):
         for t in threads:
             t.join(WARMUP_SECONDS + SOAK_SECONDS + 60)
         total = sum(counts)
+        if errors:
+            # Diagnostics for a failure that does not reproduce easily: the slowest requests the
+            # gateway logged and its last warnings.
+            lines = self.gw.log_lines()
+            slow = sorted((l for l in lines if l.get("type") == "access"), key=lambda l: -l.get("latency_ms", 0))[:5]
+            notes = [l for l in lines if l.get("type") != "access" and l.get("level") in ("warn", "error")][-10:]
+            errors.append(f"slowest requests: {slow}")
+            errors.append(f"last warnings: {notes}")
         self.assertEqual(errors[:20], [], f"{len(errors)} unexpected answers out of {total}")
         self.assertGreater(total, SOAK_SECONDS * 10, "too little traffic to say anything")
 

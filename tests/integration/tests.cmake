@@ -28,3 +28,5 @@ ag_integration_test(policy)
 ag_integration_test(hostile)
 ag_integration_test(secrets)
 ag_integration_test(soak)
+# The soak measures the gateway's memory and latency: it runs alone, not beside the fuzzers.
+set_tests_properties(integration.soak PROPERTIES RUN_SERIAL TRUE)

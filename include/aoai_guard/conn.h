@@ -35,6 +35,7 @@ typedef struct ag_conn {
     ag_config *cfg;                    /* snapshot the connection was accepted under */
     const ag_listener_conf *listener;
     struct bufferevent *bev;
+    ag_sender snd;                     /* direct writes (plain listeners) */
     struct event *timer;               /* the deadline of the current phase */
     llhttp_t parser;
     ag_conn_state state;

@@ -168,6 +168,8 @@ typedef struct ag_request {
 ag_request *ag_request_new(struct ag_conn *c);
 /* Releases everything the request owns (its upstream exchange included). */
 void ag_request_free(ag_request *req);
+/* Frees the worker's cache of finished requests' memory (at worker teardown). */
+void ag_request_cache_drain(struct ag_worker *w);
 /* Takes a valid client x-request-id or generates a UUIDv4 into req->id. */
 void ag_request_assign_id(ag_request *req);
 /* End of a request: writes the access-log line and hands the audit record over. */

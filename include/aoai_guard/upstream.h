@@ -12,6 +12,7 @@
 #include <openssl/ssl.h>
 
 #include "aoai_guard/config.h"
+#include "aoai_guard/sendq.h"
 
 struct ag_worker;
 struct bufferevent;
@@ -68,6 +69,7 @@ struct ag_upconn {
     TAILQ_ENTRY(ag_upconn) link;
     ag_upstream_state *up;
     struct bufferevent *bev;
+    ag_sender snd;                     /* direct writes (plain-HTTP upstreams) */
     bool idle;
     bool reused;                       /* served a request before */
     int requests;

@@ -11,6 +11,7 @@
 #include <sys/queue.h>
 
 #include "aoai_guard/config.h"
+#include "aoai_guard/sendq.h"
 
 struct event_base;
 struct event;
@@ -20,6 +21,7 @@ struct ag_conn;
 struct ag_upstream_set;
 struct ag_runtime;
 struct ag_worker;
+struct ag_request;
 
 typedef void (*ag_worker_fn)(struct ag_worker *w, void *arg);
 
@@ -33,6 +35,7 @@ TAILQ_HEAD(ag_conn_list, ag_conn);
 TAILQ_HEAD(ag_request_list, ag_request);
 
 #define AG_AUTH_BURST_SLOTS 64
+#define AG_REQUEST_CACHE 64
 
 /* Authentication failures of one client address in the current window (auth stage). */
 typedef struct ag_auth_burst {
@@ -77,6 +80,9 @@ typedef struct ag_worker {
     struct event *wake;                   /* activated by ag_worker_post */
     struct event *reap;                   /* frees connections marked for closing */
     struct ag_conn_list reap_list;
+    ag_send_queue sendq;                  /* direct writes of client and upstream output */
+    struct ag_request *req_cache[AG_REQUEST_CACHE]; /* finished requests' memory, for reuse */
+    unsigned nreq_cache;
 } ag_worker;
 
 /* Queues fn(w, arg) to run on the worker's thread (thread-safe, never blocks on I/O). */

@@ -14,6 +14,7 @@
 
 #include "aoai_guard/clock.h"
 #include "aoai_guard/credential.h"
+#include "aoai_guard/headbuf.h"
 #include "aoai_guard/runtime.h"
 #include "aoai_guard/conn.h"
 #include "aoai_guard/http.h"
@@ -108,29 +109,51 @@ static bool drop_request_header(const ag_request *r, const ag_upstream_conf *up,
 int ag_forward_write_head(const ag_request *r, const ag_upstream_conf *up, size_t body_len,
                           const char *bearer, struct evbuffer *out)
 {
-    evbuffer_add_printf(out, "%s %s HTTP/1.1\r\nHost: %s\r\n", r->method_str, r->target, up->host_header);
+    ag_headbuf hb;
+    ag_hb_init(&hb);
+    ag_hb_str(&hb, r->method_str);
+    AG_HB_LIT(&hb, " ");
+    ag_hb_str(&hb, r->target);
+    AG_HB_LIT(&hb, " HTTP/1.1\r\nHost: ");
+    ag_hb_str(&hb, up->host_header);
+    AG_HB_LIT(&hb, "\r\n");
     for (size_t i = 0; i < r->nheaders; i++) {
         const ag_header *h = &r->headers[i];
         const char *n = r->hbuf + h->name_off;
         if (drop_request_header(r, up, n, h->name_len))
             continue;
-        evbuffer_add(out, n, h->name_len);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, r->hbuf + h->value_off, h->value_len);
-        evbuffer_add(out, "\r\n", 2);
+        ag_hb_add(&hb, n, h->name_len);
+        AG_HB_LIT(&hb, ": ");
+        ag_hb_add(&hb, r->hbuf + h->value_off, h->value_len);
+        AG_HB_LIT(&hb, "\r\n");
     }
-    if (up->auth == AG_UPSTREAM_AUTH_API_KEY)
-        evbuffer_add_printf(out, "api-key: %s\r\n", up->api_key);
-    else if (up->auth == AG_UPSTREAM_AUTH_ENTRA && bearer)
-        evbuffer_add_printf(out, "Authorization: Bearer %s\r\n", bearer);
-    if (r->cfg->forward_client_ip)
-        evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", r->client_addr);
+    if (up->auth == AG_UPSTREAM_AUTH_API_KEY) {
+        AG_HB_LIT(&hb, "api-key: ");
+        ag_hb_str(&hb, up->api_key);
+        AG_HB_LIT(&hb, "\r\n");
+    } else if (up->auth == AG_UPSTREAM_AUTH_ENTRA && bearer) {
+        AG_HB_LIT(&hb, "Authorization: Bearer ");
+        ag_hb_str(&hb, bearer);
+        AG_HB_LIT(&hb, "\r\n");
+    }
+    if (r->cfg->forward_client_ip) {
+        AG_HB_LIT(&hb, "X-Forwarded-For: ");
+        ag_hb_str(&hb, r->client_addr);
+        AG_HB_LIT(&hb, "\r\n");
+    }
     bool has_body = body_len > 0 || strcmp(r->method_str, "POST") == 0 || strcmp(r->method_str, "PUT") == 0 ||
                     strcmp(r->method_str, "PATCH") == 0;
-    if (has_body)
-        evbuffer_add_printf(out, "Content-Length: %zu\r\n", body_len);
-    evbuffer_add_printf(out, "x-request-id: %s\r\n\r\n", r->id);
-    return 0;
+    if (has_body) {
+        AG_HB_LIT(&hb, "Content-Length: ");
+        ag_hb_u64(&hb, body_len);
+        AG_HB_LIT(&hb, "\r\n");
+    }
+    AG_HB_LIT(&hb, "x-request-id: ");
+    ag_hb_str(&hb, r->id);
+    AG_HB_LIT(&hb, "\r\n\r\n");
+    int rc = hb.failed || evbuffer_add(out, hb.p, hb.len) != 0 ? -1 : 0;
+    ag_hb_release(&hb);
+    return rc;
 }
 
 /* ---- response parsing ------------------------------------------------------------------------ */
@@ -243,9 +266,8 @@ static bool drop_response_header(const char *n, size_t nl)
 static void ex_send_head(ag_exchange *ex, long long cl_override)
 {
     ag_request *r = ex->req;
-    struct evbuffer *hb = evbuffer_new();
-    if (!hb)
-        return;
+    ag_headbuf hb;
+    ag_hb_init(&hb);
     for (size_t i = 0; i < ex->nh; i++) {
         const char *n = ex->rh + ex->hname[i][0];
         size_t nl = ex->hname[i][1];
@@ -254,21 +276,25 @@ static void ex_send_head(ag_exchange *ex, long long cl_override)
         /* With our own limits in force, the caller sees our x-ratelimit-* values, not Azure's. */
         if (r->ratelimit_headers[0] && nl > 12 && strncasecmp(n, "x-ratelimit-", 12) == 0)
             continue;
-        evbuffer_add(hb, n, nl);
-        evbuffer_add(hb, ": ", 2);
-        evbuffer_add(hb, ex->rh + ex->hvalue[i][0], ex->hvalue[i][1]);
-        evbuffer_add(hb, "\r\n", 2);
+        ag_hb_add(&hb, n, nl);
+        AG_HB_LIT(&hb, ": ");
+        ag_hb_add(&hb, ex->rh + ex->hvalue[i][0], ex->hvalue[i][1]);
+        AG_HB_LIT(&hb, "\r\n");
     }
     uint64_t now = ag_mono_ns();
-    double upstream_ms = (double)(r->t_upstream_head - r->t_upstream_sent) / 1e6;
-    double gateway_ms = (double)(r->gateway_ns + (now - r->t_upstream_head)) / 1e6;
-    evbuffer_add_printf(hb, "x-request-id: %s\r\nServer-Timing: gateway;dur=%.3f, upstream;dur=%.3f\r\n%s",
-                        r->id, gateway_ms, upstream_ms, r->ratelimit_headers);
-    size_t hl = evbuffer_get_length(hb);
+    AG_HB_LIT(&hb, "x-request-id: ");
+    ag_hb_str(&hb, r->id);
+    AG_HB_LIT(&hb, "\r\nServer-Timing: gateway;dur=");
+    ag_hb_ms3(&hb, r->gateway_ns + (now - r->t_upstream_head));
+    AG_HB_LIT(&hb, ", upstream;dur=");
+    ag_hb_ms3(&hb, r->t_upstream_head - r->t_upstream_sent);
+    AG_HB_LIT(&hb, "\r\n");
+    ag_hb_str(&hb, r->ratelimit_headers);
     long long cl = cl_override != -2 ? cl_override
                    : (ex->parser.flags & F_CONTENT_LENGTH) ? (long long)ex->parser.content_length : -1;
-    ag_response_begin(r, ex->parser.status_code, (const char *)evbuffer_pullup(hb, -1), hl, cl);
-    evbuffer_free(hb);
+    /* Out of memory for a huge head: the status and framing still go out, without its fields. */
+    ag_response_begin(r, ex->parser.status_code, hb.failed ? "" : hb.p, hb.failed ? 0 : hb.len, cl);
+    ag_hb_release(&hb);
     r->gateway_ns += ag_mono_ns() - r->t_upstream_head;
 }
 
@@ -696,6 +722,14 @@ static void ex_read_cb(struct bufferevent *bev, void *arg)
     ex_process(arg, bev);
 }
 
+static void ex_write_cb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    ag_exchange *ex = arg;
+    if (ex->uc)
+        ag_sender_written(&ex->uc->snd);
+}
+
 static void ex_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     ag_exchange *ex = arg;
@@ -772,9 +806,13 @@ static void ex_send(ag_exchange *ex)
             return;
         }
     }
-    ag_forward_write_head(r, up->conf, blen, tok ? ag_token_value(tok) : NULL, out);
+    int head_rc = ag_forward_write_head(r, up->conf, blen, tok ? ag_token_value(tok) : NULL, out);
     if (tok)
         ag_token_release(tok);
+    if (head_rc != 0) {
+        ex_fail(ex, 503, "ServiceUnavailable", "Out of memory.", "gateway_error");
+        return;
+    }
     if (blen)
         evbuffer_add(out, body, blen);
     llhttp_init(&ex->parser, HTTP_RESPONSE, &resp_settings);
@@ -787,8 +825,9 @@ static void ex_send(ag_exchange *ex)
     ex->complete = false;
     ex->resp_bytes = 0;
     ex->state = EX_WAITING;
-    bufferevent_setcb(uc->bev, ex_read_cb, NULL, ex_event_cb, ex);
-    bufferevent_enable(uc->bev, EV_READ | EV_WRITE);
+    bufferevent_setcb(uc->bev, ex_read_cb, ex_write_cb, ex_event_cb, ex);
+    /* A direct sender writes the request once this callback returns; others (TLS) arm EV_WRITE. */
+    bufferevent_enable(uc->bev, uc->snd.bev ? EV_READ : EV_READ | EV_WRITE);
     r->t_upstream_sent = ag_mono_ns();
     struct timeval tv = {up->conf->first_byte_timeout_ms / 1000, (up->conf->first_byte_timeout_ms % 1000) * 1000};
     evtimer_add(ex->timer, &tv);

@@ -87,8 +87,10 @@ static void upconn_close(ag_upconn *uc)
         TAILQ_REMOVE(&up->idle, uc, link);
         up->nidle--;
     }
-    if (uc->bev)
+    if (uc->bev) {
+        ag_sender_detach(&uc->snd);
         bufferevent_free(uc->bev);
+    }
     up->nopen--;
     ag_upstream_set *set = up->set;
     free(uc);
@@ -325,6 +327,7 @@ static void connect_event_cb(struct bufferevent *bev, short what, void *arg)
             }
         }
         bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+        ag_sender_attach(&uc->snd, &up->set->worker->sendq, bev, NULL, NULL); /* plain HTTP only */
         connect_finish(cr, uc, NULL, false);
         return;
     }

@@ -27,6 +27,7 @@
 #include <openssl/ssl.h>
 
 #include "aoai_guard/clock.h"
+#include "aoai_guard/headbuf.h"
 #include "aoai_guard/http.h"
 #include "aoai_guard/log.h"
 #include "aoai_guard/request_metrics.h"
@@ -261,6 +262,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 static void conn_write_cb(struct bufferevent *bev, void *arg)
 {
     ag_conn *c = arg;
+    ag_sender_written(&c->snd);
     if (c->state == AG_CONN_CLOSING) {
         if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
             ag_conn_close_soon(c);
@@ -271,6 +273,13 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
         c->drain_fn = NULL;
         fn(c->drain_arg);
     }
+}
+
+/* A direct write emptied the output: what libevent's write callback would have reported. */
+static void conn_drained(void *arg)
+{
+    ag_conn *c = arg;
+    conn_write_cb(c->bev, c);
 }
 
 void ag_conn_accept(ag_worker *w, int fd, const struct sockaddr *sa, int socklen, size_t li)
@@ -341,7 +350,9 @@ void ag_conn_accept(ag_worker *w, int fd, const struct sockaddr *sa, int socklen
     struct timeval send_tv = {c->cfg->limits.send_timeout_ms / 1000,
                               (c->cfg->limits.send_timeout_ms % 1000) * 1000};
     bufferevent_set_timeouts(c->bev, NULL, &send_tv);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    if (!ag_sender_attach(&c->snd, &w->sendq, c->bev, conn_drained, c))
+        bufferevent_enable(c->bev, EV_WRITE); /* TLS: libevent writes through OpenSSL */
+    bufferevent_enable(c->bev, EV_READ);
     c->state = AG_CONN_IDLE;
     /* A fresh connection must send its first head within the header deadline (slowloris). */
     conn_arm_timer(c, c->cfg->limits.header_timeout_ms);
@@ -366,6 +377,7 @@ void ag_conn_free(ag_conn *c)
     if (c->timer)
         event_free(c->timer);
     if (c->bev) {
+        ag_sender_detach(&c->snd);
         SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
         if (ssl && !c->peer_gone)
             SSL_shutdown(ssl); /* best-effort close_notify */
@@ -566,7 +578,12 @@ static int conn_take_head(ag_conn *c, struct evbuffer *in)
     }
     ag_request *r = c->req;
     r->hbuf = malloc(headlen + 1);
-    r->headers = calloc((size_t)c->cfg->limits.max_headers + 1, sizeof *r->headers);
+    if (r->headers && r->headers_cap != (size_t)c->cfg->limits.max_headers) {
+        free(r->headers); /* a cached table sized under another configuration */
+        r->headers = NULL;
+    }
+    if (!r->headers)
+        r->headers = malloc(((size_t)c->cfg->limits.max_headers + 1) * sizeof *r->headers);
     if (!r->hbuf || !r->headers) {
         conn_reject(c, 503, "ServiceUnavailable", "Out of memory.");
         return -1;
@@ -822,27 +839,43 @@ void ag_response_begin(ag_request *r, int status, const char *headers, size_t he
     bool close = !r->keep_alive || c->worker->draining || !r->body_done || c->peer_gone;
     r->status = status;
     r->response_started = true;
-    evbuffer_add_printf(out, "HTTP/1.%d %d %s\r\n", r->http_minor == 0 ? 0 : 1, status,
-                        ag_http_reason(status));
-    if (headers_len)
-        evbuffer_add(out, headers, headers_len);
+    ag_headbuf hb;
+    ag_hb_init(&hb);
+    ag_hb_add(&hb, r->http_minor == 0 ? "HTTP/1.0 " : "HTTP/1.1 ", 9);
+    ag_hb_u64(&hb, (uint64_t)status);
+    AG_HB_LIT(&hb, " ");
+    ag_hb_str(&hb, ag_http_reason(status));
+    AG_HB_LIT(&hb, "\r\n");
+    ag_hb_add(&hb, headers, headers_len);
     if (!no_body) {
         if (content_length >= 0) {
-            evbuffer_add_printf(out, "Content-Length: %lld\r\n", content_length);
+            AG_HB_LIT(&hb, "Content-Length: ");
+            ag_hb_u64(&hb, (uint64_t)content_length);
+            AG_HB_LIT(&hb, "\r\n");
         } else if (r->http_minor == 1) {
-            evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+            AG_HB_LIT(&hb, "Transfer-Encoding: chunked\r\n");
             r->response_chunked = true;
         } else {
             close = true; /* HTTP/1.0 without a length: the end is the close */
         }
     }
     if (close) {
-        evbuffer_add(out, "Connection: close\r\n", 19);
+        AG_HB_LIT(&hb, "Connection: close\r\n");
         r->response_close = true;
     } else if (r->http_minor == 0) {
-        evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+        AG_HB_LIT(&hb, "Connection: keep-alive\r\n");
     }
-    evbuffer_add(out, "\r\n", 2);
+    AG_HB_LIT(&hb, "\r\n");
+    if (hb.failed) {
+        /* Out of memory for a huge head: the status line alone, and the connection ends. */
+        static const char bare[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        evbuffer_add(out, bare, sizeof bare - 1);
+        r->response_close = true;
+        no_body = true;
+    } else {
+        evbuffer_add(out, hb.p, hb.len);
+    }
+    ag_hb_release(&hb);
     if (no_body) {
         r->response_chunked = false;
         r->response_no_body = true; /* HEAD, 1xx, 204, 304: headers only */
@@ -857,7 +890,11 @@ void ag_response_body(ag_request *r, const void *data, size_t len)
     if (r->bytes_out == 0)
         r->t_first_byte = ag_mono_ns();
     if (r->response_chunked) {
-        evbuffer_add_printf(out, "%zx\r\n", len);
+        char size[18];
+        size_t n = ag_fmt_hex(size, len);
+        size[n++] = '\r';
+        size[n++] = '\n';
+        evbuffer_add(out, size, n);
         evbuffer_add(out, data, len);
         evbuffer_add(out, "\r\n", 2);
     } else {

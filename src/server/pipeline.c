@@ -113,14 +113,14 @@ void ag_pipeline_run(ag_request *r)
     if (r->in_pipeline)
         return;
     r->in_pipeline = true;
+    uint64_t t0 = ag_mono_ns(); /* the stages' time counts as the gateway's, read once per run */
     while (r->stage < (int)(sizeof stages / sizeof stages[0])) {
-        uint64_t t0 = ag_mono_ns();
         int idx = r->stage++;
         ag_stage_result res = stages[idx].run(r);
-        r->gateway_ns += ag_mono_ns() - t0;
         if (r->done_pending || res != AG_STAGE_NEXT)
             break;
     }
+    r->gateway_ns += ag_mono_ns() - t0;
     r->in_pipeline = false;
     if (r->done_pending)
         ag_conn_request_done(r->conn); /* frees r */

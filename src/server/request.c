@@ -1,10 +1,13 @@
 /* The request context: creation, header access, errors in Azure's shape, the access log. */
 #include "aoai_guard/request.h"
 
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <openssl/rand.h>
 
@@ -14,17 +17,39 @@
 #include "aoai_guard/request_metrics.h"
 #include "aoai_guard/conn.h"
 #include "aoai_guard/forward.h"
+#include "aoai_guard/headbuf.h"
 #include "aoai_guard/jsonw.h"
 #include "aoai_guard/log.h"
 #include "aoai_guard/sse.h"
 
 #define MAX_COMPLETION_TEXT (1024 * 1024)
 
+/* Bodies up to this size keep their buffer when the request's memory goes back to the cache. */
+#define CACHED_BODY_MAX (64 * 1024)
+
 ag_request *ag_request_new(struct ag_conn *c)
 {
-    ag_request *r = calloc(1, sizeof *r);
-    if (!r)
-        return NULL;
+    ag_worker *w = c->worker;
+    ag_request *r;
+    if (w->nreq_cache > 0) {
+        /* A finished request's memory, with its body buffer and header table kept. */
+        r = w->req_cache[--w->nreq_cache];
+        char *body = r->body;
+        size_t body_cap = r->body_cap;
+        ag_header *headers = r->headers;
+        size_t headers_cap = r->headers_cap;
+        memset(r, 0, sizeof *r);
+        r->body = body;
+        r->body_cap = body_cap;
+        r->headers = headers;
+        r->headers_cap = headers_cap;
+        if (r->body)
+            r->body[0] = '\0';
+    } else {
+        r = calloc(1, sizeof *r);
+        if (!r)
+            return NULL;
+    }
     r->conn = c;
     r->worker = c->worker;
     r->cfg = ag_config_ref(c->cfg);
@@ -57,15 +82,35 @@ void ag_request_free(ag_request *r)
     }
     cJSON_Delete(r->json);
     free(r->forward_body);
-    free(r->body);
     free(r->hbuf);
-    free(r->headers);
     free(r->target);
     free(r->completion_text);
     free(r->resp_json);
-    r->worker->active_requests--;
+    ag_worker *w = r->worker;
+    w->active_requests--;
     ag_config_unref(r->cfg);
+    if (w->nreq_cache < AG_REQUEST_CACHE) {
+        if (r->body_cap > CACHED_BODY_MAX) {
+            free(r->body);
+            r->body = NULL;
+            r->body_cap = 0;
+        }
+        w->req_cache[w->nreq_cache++] = r;
+        return;
+    }
+    free(r->body);
+    free(r->headers);
     free(r);
+}
+
+void ag_request_cache_drain(ag_worker *w)
+{
+    while (w->nreq_cache > 0) {
+        ag_request *r = w->req_cache[--w->nreq_cache];
+        free(r->body);
+        free(r->headers);
+        free(r);
+    }
 }
 
 int ag_request_header_find(const ag_request *r, const char *name)
@@ -102,6 +147,51 @@ static bool request_id_ok(const char *v, size_t n)
     return true;
 }
 
+/* Request ids need to be unique, not secret: each thread draws them from its own xoshiro256**
+ * generator seeded once from the OpenSSL DRBG (RAND_bytes per request cost a getpid(2) for its
+ * fork check and a DRBG round). */
+static _Thread_local uint64_t id_state[4];
+static _Thread_local bool id_seeded;
+
+static uint64_t rotl64(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t id_next(void)
+{
+    uint64_t *s = id_state;
+    uint64_t result = rotl64(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl64(s[3], 45);
+    return result;
+}
+
+static void random_id_bytes(unsigned char b[16])
+{
+    if (!id_seeded) {
+        if (RAND_bytes((unsigned char *)id_state, sizeof id_state) != 1) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            id_state[0] = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32);
+            id_state[1] = (uint64_t)(uintptr_t)&ts;
+            id_state[2] = (uint64_t)pthread_self();
+            id_state[3] = 0x9e3779b97f4a7c15ull;
+        }
+        if (!(id_state[0] | id_state[1] | id_state[2] | id_state[3]))
+            id_state[0] = 1; /* the one state xoshiro cannot leave */
+        id_seeded = true;
+    }
+    uint64_t a = id_next(), c = id_next();
+    memcpy(b, &a, 8);
+    memcpy(b + 8, &c, 8);
+}
+
 void ag_request_assign_id(ag_request *r)
 {
     if (r->h_request_id >= 0) {
@@ -114,13 +204,18 @@ void ag_request_assign_id(ag_request *r)
         }
     }
     unsigned char b[16];
-    if (RAND_bytes(b, sizeof b) != 1)
-        memset(b, 0, sizeof b);
-    b[6] = (unsigned char)((b[6] & 0x0F) | 0x40);
+    random_id_bytes(b);
+    b[6] = (unsigned char)((b[6] & 0x0F) | 0x40); /* a version 4 UUID */
     b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
-    snprintf(r->id, sizeof r->id,
-             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
-             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+    static const char hex[] = "0123456789abcdef";
+    char *o = r->id;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            *o++ = '-';
+        *o++ = hex[b[i] >> 4];
+        *o++ = hex[b[i] & 15];
+    }
+    *o = '\0';
 }
 
 void ag_request_error_body(ag_request *r, int status, const char *code, const char *body, size_t blen,
@@ -135,16 +230,19 @@ void ag_request_error_body(ag_request *r, int status, const char *code, const ch
     r->error_code = code;
     if (close)
         r->keep_alive = false;
-    char head[2048];
+    ag_headbuf hb;
+    ag_hb_init(&hb);
     uint64_t now = ag_mono_ns();
-    double gw_ms = (double)(r->gateway_ns ? r->gateway_ns : now - (r->t_head ? r->t_head : r->t_start)) / 1e6;
-    int hl = snprintf(head, sizeof head,
-                      "Content-Type: application/json\r\nx-request-id: %s\r\n"
-                      "Server-Timing: gateway;dur=%.3f\r\n%s%s",
-                      r->id, gw_ms, r->ratelimit_headers, extra_headers ? extra_headers : "");
-    if (hl < 0 || (size_t)hl >= sizeof head)
-        hl = 0;
-    ag_response_begin(r, status, head, (size_t)hl, (long long)blen);
+    AG_HB_LIT(&hb, "Content-Type: application/json\r\nx-request-id: ");
+    ag_hb_str(&hb, r->id);
+    AG_HB_LIT(&hb, "\r\nServer-Timing: gateway;dur=");
+    ag_hb_ms3(&hb, r->gateway_ns ? r->gateway_ns : now - (r->t_head ? r->t_head : r->t_start));
+    AG_HB_LIT(&hb, "\r\n");
+    ag_hb_str(&hb, r->ratelimit_headers);
+    if (extra_headers)
+        ag_hb_str(&hb, extra_headers);
+    ag_response_begin(r, status, hb.failed ? "" : hb.p, hb.failed ? 0 : hb.len, (long long)blen);
+    ag_hb_release(&hb);
     ag_response_body(r, body, blen);
     ag_response_end(r);
 }

@@ -99,7 +99,7 @@ int ag_worker_init(ag_worker *w, struct ag_runtime *rt, int index, ag_config *cf
     evdns_base_load_hosts(w->dns, NULL);
     w->wake = event_new(w->base, -1, EV_PERSIST, wake_cb, w);
     w->reap = event_new(w->base, -1, 0, reap_cb, w);
-    if (!w->wake || !w->reap)
+    if (!w->wake || !w->reap || ag_send_queue_init(&w->sendq, w->base) != 0)
         return -1;
     event_add(w->wake, NULL);
     w->cfg = ag_config_ref(cfg);
@@ -170,6 +170,8 @@ void ag_worker_destroy(ag_worker *w)
         event_free(w->wake);
     if (w->reap)
         event_free(w->reap);
+    ag_send_queue_destroy(&w->sendq);
+    ag_request_cache_drain(w);
     if (w->dns)
         evdns_base_free(w->dns, 0);
     if (w->base)

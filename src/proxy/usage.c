@@ -2,6 +2,7 @@
 #include "aoai_guard/usage.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
 static long long num(const cJSON *o, const char *key)
@@ -92,12 +93,186 @@ static const char *find_usage_object(const char *text, size_t len)
     return found;
 }
 
+static const char *skip_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+        p++;
+    return p;
+}
+
+/* Skips one JSON value, accepting only strict JSON that cJSON also reads the same way (no \u
+ * escapes, whose surrogate rules differ; at most 32 levels). Returns where the value ends, or NULL
+ * for anything else: the caller then leaves the whole object to cJSON. */
+static const char *skip_value(const char *p, const char *end, int depth)
+{
+    if (p >= end || depth > 32)
+        return NULL;
+    char c = *p;
+    if (c == '"') {
+        for (p++; p < end; p++) {
+            unsigned char b = (unsigned char)*p;
+            if (b == '"')
+                return p + 1;
+            if (b < 0x20)
+                return NULL;
+            if (b == '\\') {
+                if (++p >= end || !strchr("\"\\/bfnrt", *p) || *p == 0)
+                    return NULL;
+            }
+        }
+        return NULL;
+    }
+    if (c == '{' || c == '[') {
+        char close = c == '{' ? '}' : ']';
+        p = skip_ws(p + 1, end);
+        if (p < end && *p == close)
+            return p + 1;
+        for (;;) {
+            if (c == '{') {
+                if (p >= end || *p != '"')
+                    return NULL;
+                p = skip_value(p, end, depth + 1);
+                if (!p)
+                    return NULL;
+                p = skip_ws(p, end);
+                if (p >= end || *p != ':')
+                    return NULL;
+                p = skip_ws(p + 1, end);
+            }
+            p = skip_value(p, end, depth + 1);
+            if (!p)
+                return NULL;
+            p = skip_ws(p, end);
+            if (p < end && *p == ',') {
+                p = skip_ws(p + 1, end);
+                continue;
+            }
+            return p < end && *p == close ? p + 1 : NULL;
+        }
+    }
+    if (c == '-' || (c >= '0' && c <= '9')) {
+        if (c == '-')
+            p++;
+        if (p >= end || *p < '0' || *p > '9')
+            return NULL;
+        if (*p == '0')
+            p++;
+        else
+            while (p < end && *p >= '0' && *p <= '9')
+                p++;
+        if (p < end && *p == '.') {
+            if (++p >= end || *p < '0' || *p > '9')
+                return NULL;
+            while (p < end && *p >= '0' && *p <= '9')
+                p++;
+        }
+        if (p < end && (*p == 'e' || *p == 'E')) {
+            p++;
+            if (p < end && (*p == '+' || *p == '-'))
+                p++;
+            if (p >= end || *p < '0' || *p > '9')
+                return NULL;
+            while (p < end && *p >= '0' && *p <= '9')
+                p++;
+        }
+        return p < end ? p : NULL;
+    }
+    static const char *const lits[3] = {"true", "false", "null"};
+    for (int i = 0; i < 3; i++) {
+        size_t n = strlen(lits[i]);
+        if ((size_t)(end - p) > n && memcmp(p, lits[i], n) == 0)
+            return p + n;
+    }
+    return NULL;
+}
+
+/* The usage object read in place, without building a tree: the five counters Azure sends, as
+ * plain non-negative integers; everything else is skipped. Returns 1 when it read the object
+ * (*found tells whether it holds usage), 0 when the object has a shape this fast path leaves to
+ * cJSON (escaped keys, fractions or exponents in a counter, anything malformed). */
+static int usage_scan(const char *p, const char *end, ag_usage *out, bool *found)
+{
+    static const char *const keys[5] = {"prompt_tokens", "completion_tokens", "total_tokens", "input_tokens",
+                                        "output_tokens"};
+    long long v[5] = {-1, -1, -1, -1, -1};
+    bool seen[5] = {false};
+    if (p >= end || *p != '{')
+        return 0;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == '}')
+        goto done;
+    for (;;) {
+        if (p >= end || *p != '"')
+            return 0;
+        const char *k = ++p;
+        while (p < end && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20)
+            p++;
+        if (p >= end || *p != '"')
+            return 0;
+        size_t kl = (size_t)(p - k);
+        p = skip_ws(p + 1, end);
+        if (p >= end || *p != ':')
+            return 0;
+        p = skip_ws(p + 1, end);
+        int which = -1;
+        for (int i = 0; i < 5; i++)
+            if (strlen(keys[i]) == kl && memcmp(keys[i], k, kl) == 0)
+                which = i;
+        if (which >= 0 && !seen[which]) {
+            seen[which] = true; /* the first occurrence counts, as in cJSON */
+            if (p < end && *p >= '0' && *p <= '9') {
+                long long n = 0;
+                int digits = 0;
+                if (*p == '0' && p + 1 < end && p[1] >= '0' && p[1] <= '9')
+                    return 0; /* a leading zero: not strict JSON */
+                while (p < end && *p >= '0' && *p <= '9') {
+                    if (++digits > 16)
+                        return 0;
+                    n = n * 10 + (*p++ - '0');
+                }
+                if (p >= end || *p == '.' || *p == 'e' || *p == 'E')
+                    return 0;
+                v[which] = n > 9000000000000000LL ? -1 : n;
+            } else if (p < end && *p == '-') {
+                return 0;
+            } else {
+                p = skip_value(p, end, 0); /* not a number: the counter is absent */
+            }
+        } else {
+            p = skip_value(p, end, 0);
+        }
+        if (!p)
+            return 0;
+        p = skip_ws(p, end);
+        if (p < end && *p == ',') {
+            p = skip_ws(p + 1, end);
+            continue;
+        }
+        if (p < end && *p == '}')
+            break;
+        return 0;
+    }
+done:;
+    long long pt = v[0] >= 0 ? v[0] : v[3], ct = v[1] >= 0 ? v[1] : v[4], tt = v[2];
+    *found = pt >= 0 || tt >= 0;
+    if (*found) {
+        out->present = true;
+        out->prompt_tokens = pt < 0 ? 0 : pt;
+        out->completion_tokens = ct < 0 ? 0 : ct;
+        out->total_tokens = tt < 0 ? out->prompt_tokens + out->completion_tokens : tt;
+    }
+    return 1;
+}
+
 /* Usage alone, without parsing the whole document. 1 when one was found. */
 static int usage_only_parse(ag_request *r, const char *text, size_t len)
 {
     const char *u = find_usage_object(text, len);
     if (!u)
         return 0;
+    bool scanned_found = false;
+    if (usage_scan(u, text + len, &r->usage, &scanned_found))
+        return scanned_found;
     cJSON *obj = cJSON_ParseWithLengthOpts(u, len - (size_t)(u - text), NULL, false);
     int found = obj && ag_usage_parse(obj, &r->usage) == 0;
     cJSON_Delete(obj);

@@ -1,1 +1,2 @@
 # Unit tests of src/proxy/: ag_unit_test(name source.c ...)
+ag_unit_test(proxy_usage ${CMAKE_CURRENT_LIST_DIR}/test_usage.c)

@@ -734,8 +734,18 @@ static void ex_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     ag_exchange *ex = arg;
     ag_upstream_state *up = &ex->set->ups[ex->idx];
-    if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
+    if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))) {
+        /* An exchange runs its own timers and sets no bufferevent timeout: a timeout here is the
+         * pool's idle timeout of this connection, expired in the same loop pass that handed the
+         * connection to us, whose callback was already queued. libevent turned reading off
+         * before telling us; ignoring it left the exchange deaf until its first-byte timeout.
+         * Turn reading back on (unless paused for backpressure) and carry on. */
+        if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && !ex->paused) {
+            ag_log(AG_LOG_DEBUG, ex->req->id, "upstream %s: stale pool idle timeout ignored", up->conf->name);
+            bufferevent_enable(bev, EV_READ);
+        }
         return;
+    }
     if (!ex_process(ex, bev))
         return;
     /* End of input: a close-delimited body ends here; anything else is a truncation. */

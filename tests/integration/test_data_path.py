@@ -415,6 +415,60 @@ class Timeouts(GatewayTestCase):
         self.assertEqual(json.loads(b)["error"]["code"], "GatewayTimeout")
         self.assertLess(time.monotonic() - t0, 2.5)
 
+    def test_pool_idle_timeout_racing_a_request(self):
+        """A pooled connection whose idle timeout expires in the same loop pass that hands it to a
+        request must still deliver that request's response: the stale timeout used to turn reading
+        off, and the request hung until its first-byte timeout (60 s here).
+
+        The race is built, not hoped for: the worker is kept busy (a large invalid JSON body, whose
+        strict parse takes longer than the pool's 100 ms idle timeout) while a second client, already
+        connected, sends a small request. When the busy pass ends, that request and the expired idle
+        timer are ready in the same pass, and the request takes the connection the timer is about
+        to fire on."""
+        up = self.fake(extra=("--no-record",))
+        gw = self.gateway(base_config([upstream(up, pool_idle_timeout_ms=100, first_byte_timeout_ms=60000)],
+                                      workers=1, limits={"max_body_bytes": 64 << 20}))
+        small = json.dumps(chat_body()).encode()
+        small_req = (b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(small)).encode() + b"\r\n\r\n" + small)
+
+        def bad_body(n):
+            body = b'{"messages":[' + b'{"role":"user","content":"x"},' * n + b"!"
+            return (b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+
+        # Calibrate: grow the invalid body until answering it (400) keeps the worker busy >= 300 ms.
+        n, busy = 20000, 0.0
+        while True:
+            t0 = time.monotonic()
+            out = raw_exchange(gw.port, bad_body(n), timeout=30)
+            busy = time.monotonic() - t0
+            self.assertTrue(out.startswith(b"HTTP/1.1 400"), out[:200])
+            if busy >= 0.3 or n >= 1280000:
+                break
+            n *= 2
+        self.assertGreaterEqual(busy, 0.3, "could not keep the worker busy long enough")
+        stall = bad_body(n)
+        for attempt in range(5):
+            st, _h, _b = request(gw.port, "POST", CHAT, chat_body(), timeout=5)  # one idle pooled connection
+            self.assertEqual(st, 200)
+            waiting = socket.create_connection(("127.0.0.1", gw.port), timeout=5)  # accepted before the stall
+            try:
+                time.sleep(0.02)  # let the worker accept it
+                busy_thread = threading.Thread(target=raw_exchange, args=(gw.port, stall), kwargs={"timeout": 30})
+                busy_thread.start()
+                time.sleep(busy / 3)  # the worker is parsing the stall body now
+                waiting.sendall(small_req)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = waiting.recv(65536)  # a hang ends in socket.timeout after 5 s
+                    self.assertTrue(chunk, "connection closed without a response")
+                    data += chunk
+                self.assertTrue(data.startswith(b"HTTP/1.1 200"), data[:200])
+                busy_thread.join()
+            finally:
+                waiting.close()
+
     def stream_raw(self, gw):
         p = json.dumps(chat_body("a b c d e f g h", stream=True)).encode()
         return raw_exchange(gw.port, b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -1,6 +1,9 @@
 /* Audit records and their rows in the AoaiGuardAudit_CL table (see audit_record.h). */
 #include "aoai_guard/audit_record.h"
 
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -249,7 +252,8 @@ typedef struct text_part {
 } text_part;
 
 typedef struct text_plan {
-    char *text;         /* repaired, owned */
+    char *text;         /* repaired and owned, or the caller's text when it needed no repair */
+    bool borrowed;
     size_t len;
     text_part *parts;   /* owned */
     size_t nparts;
@@ -257,7 +261,8 @@ typedef struct text_plan {
 
 static void plan_free(text_plan *p)
 {
-    free(p->text);
+    if (!p->borrowed)
+        free(p->text);
     free(p->parts);
     memset(p, 0, sizeof *p);
 }
@@ -267,14 +272,26 @@ static void plan_free(text_plan *p)
 static int plan_text(const char *s, size_t n, size_t field_max, text_plan *p)
 {
     memset(p, 0, sizeof *p);
-    p->text = utf8_repair(s, n, &p->len);
-    if (!p->text)
-        return -1;
+    if (ag_utf8_valid_prefix((const unsigned char *)s, n) == n && !memchr(s, '\0', n)) {
+        p->text = (char *)s; /* valid already: used in place, never written */
+        p->borrowed = true;
+        p->len = n;
+    } else {
+        p->text = utf8_repair(s, n, &p->len);
+        if (!p->text)
+            return -1;
+    }
     size_t cap = 4;
     p->parts = malloc(cap * sizeof *p->parts);
     if (!p->parts) {
         plan_free(p);
         return -1;
+    }
+    if (p->len > 0 && p->len <= field_max && ag_audit_escaped_len(p->text, p->len) <= field_max) {
+        p->parts[0].off = 0; /* the common case: it fits one field */
+        p->parts[0].len = p->len;
+        p->nparts = 1;
+        return 0;
     }
     size_t i = 0;
     while (i < p->len) {
@@ -308,12 +325,27 @@ static int plan_text(const char *s, size_t n, size_t field_max, text_plan *p)
     return 0;
 }
 
+static EVP_MD *sha256_md;
+
+static void fetch_sha256(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
+/* SHA-256 fetched once: EVP_sha256() makes OpenSSL 3 look the algorithm up on every digest. */
+static const EVP_MD *audit_sha256(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, fetch_sha256);
+    return sha256_md ? sha256_md : EVP_sha256();
+}
+
 static void sha256_hex(const char *s, size_t n, char out[65])
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     static const char hex[] = "0123456789abcdef";
-    if (EVP_Digest(s, n, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32) {
+    if (EVP_Digest(s, n, md, &mdlen, audit_sha256(), NULL) != 1 || mdlen != 32) {
         out[0] = '\0';
         return;
     }
@@ -427,11 +459,24 @@ static void rb_put(rowbuf *b, const char *s, size_t n)
 /* Escapes valid UTF-8 s[0..n) as cJSON prints a string's inside. */
 static void rb_escape(rowbuf *b, const char *s, size_t n)
 {
-    if (!rb_reserve(b, ag_audit_escaped_len(s, n)))
+    if (!rb_reserve(b, 6 * n)) /* the worst case: every byte a \u00XX */
         return;
     char *o = b->p + b->len;
     size_t run = 0;
     for (size_t i = 0; i < n; i++) {
+        /* Eight bytes at a time while none is a control character, '"' or '\\' (SWAR). */
+        while (i + 8 <= n) {
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+            uint64_t q = w ^ (ones * '"'), bs = w ^ (ones * '\\');
+            uint64_t special = ((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((bs - ones) & ~bs);
+            if (special & highs)
+                break;
+            i += 8;
+        }
+        if (i >= n)
+            break;
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x20 && c != '"' && c != '\\')
             continue;

@@ -131,6 +131,12 @@ static cp_class peek(const scan *sc, long *cp, int *n)
         *n = 0;
         return CC_END;
     }
+    unsigned char b = sc->s[sc->i];
+    if (b < 0x80) { /* ASCII: no decoding */
+        *cp = b;
+        *n = 1;
+        return classify(b);
+    }
     *n = decode(sc->s, sc->len, sc->i, cp);
     return classify(*cp);
 }
@@ -167,6 +173,14 @@ static long long word_cost(scan *sc)
         }
         prev = c;
         sc->i += (size_t)n;
+        if (c == CC_LOWER) {
+            /* More lower-case ASCII letters only lengthen the piece: take the run at once. */
+            size_t i = sc->i;
+            while (i < sc->len && sc->s[i] >= 'a' && sc->s[i] <= 'z')
+                i++;
+            piece += i - sc->i;
+            sc->i = i;
+        }
     }
     if (piece)
         cost += piece_cost(piece);

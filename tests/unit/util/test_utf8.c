@@ -1,0 +1,83 @@
+/* ag_utf8_valid_prefix: its eight-bytes-at-a-time ASCII path must agree with a plain byte-by-byte
+ * reading of RFC 3629 on every input; and the boundaries it must reject. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aoai_guard/json_strict.h"
+#include "check.h"
+
+/* The oracle: one code point at a time, no shortcuts. */
+static size_t reference(const unsigned char *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        unsigned c = s[i], need, cp;
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xC2 && c <= 0xDF)
+            need = 1, cp = c & 0x1F;
+        else if (c >= 0xE0 && c <= 0xEF)
+            need = 2, cp = c & 0x0F;
+        else if (c >= 0xF0 && c <= 0xF4)
+            need = 3, cp = c & 0x07;
+        else
+            return i;
+        for (unsigned k = 1; k <= need; k++) {
+            if (i + k >= len || (s[i + k] & 0xC0) != 0x80)
+                return i;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if ((need == 2 && cp < 0x800) || (need == 3 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+            (cp >= 0xD800 && cp <= 0xDFFF))
+            return i;
+        i += need + 1;
+    }
+    return len;
+}
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static unsigned rnd(unsigned n)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (unsigned)(rng % n);
+}
+
+int main(void)
+{
+    const unsigned char *t = (const unsigned char *)"plain ascii text of some length, more than eight bytes";
+    CHECK_INT(ag_utf8_valid_prefix(t, strlen((const char *)t)), strlen((const char *)t));
+    CHECK_INT(ag_utf8_valid_prefix((const unsigned char *)"abcdefgh\xC3\xA9", 10), 10);
+    CHECK_INT(ag_utf8_valid_prefix((const unsigned char *)"abcdefghij\xC0\xAF", 12), 10); /* overlong */
+    CHECK_INT(ag_utf8_valid_prefix((const unsigned char *)"abcdefgh\xED\xA0\x80", 11), 8); /* surrogate */
+    CHECK_INT(ag_utf8_valid_prefix((const unsigned char *)"abcdefgh\xF4\x90\x80\x80", 12), 8); /* > U+10FFFF */
+    CHECK_INT(ag_utf8_valid_prefix((const unsigned char *)"abcdefgh\xE2\x82", 10), 8); /* truncated */
+
+    /* Random buffers of mostly ASCII with multi-byte, truncated and invalid sequences at every
+     * alignment. */
+    static const char *const pieces[] = {"a", "bcdefghijk", " ", "\xC3\xA9", "\xE2\x82\xAC", "\xF0\x9F\x98\x80",
+                                         "\x80", "\xC3", "\xE2\x82", "\xF5\x80\x80\x80", "\xED\xA0\x80", "\x7F",
+                                         "\xC1\xBF", "\xEF\xBF\xBD", "\x00"};
+    int diffs = 0;
+    unsigned char buf[256];
+    for (int iter = 0; iter < 200000; iter++) {
+        size_t len = 0;
+        while (len < sizeof buf - 8) {
+            unsigned k = rnd(100) < 85 ? rnd(3) : rnd(sizeof pieces / sizeof *pieces);
+            size_t pl = k == 14 ? 1 : strlen(pieces[k]);
+            if (rnd(40) == 0)
+                break;
+            memcpy(buf + len, pieces[k], pl);
+            len += pl;
+        }
+        size_t off = rnd(8) < len ? rnd(8) : 0;
+        if (ag_utf8_valid_prefix(buf + off, len - off) != reference(buf + off, len - off))
+            diffs++;
+    }
+    CHECK_INT(diffs, 0);
+    return CHECK_DONE();
+}

@@ -41,6 +41,21 @@ CHAT_BODY = {"messages": [{"role": "system", "content": "You are a helpful assis
                           {"role": "user", "content": "Summarise the quarterly report in three bullet points."}],
              "max_tokens": 400}
 STREAM_BODY = dict(CHAT_BODY, stream=True, stream_options={"include_usage": True})
+REGEX_RULES = os.path.join(HERE, "policy-regex-50.json")
+
+# Prompt text for the full scenario: ordinary business prose (no digits, addresses or secrets), so the
+# policy inspects all of it and forwards the request.
+PROSE = ("The regional team reviewed the quarterly plan and agreed on three priorities for the next release. "
+         "Customers asked for clearer onboarding, faster support answers and better reporting across accounts. "
+         "Finance wants a simple summary of spending by department, with notes on what changed since spring. "
+         "Please keep the tone friendly, avoid jargon, and suggest one concrete next step for each priority. ")
+
+
+def prompt_body(size):
+    """A chat body whose user message is `size` bytes of prose (1 KB and 16 KB in the full scenario)."""
+    text = (PROSE * (size // len(PROSE) + 1))[:size]
+    return {"messages": [{"role": "system", "content": "You are a helpful assistant for a product team."},
+                         {"role": "user", "content": text}], "max_tokens": 400}
 
 T0 = time.monotonic()
 
@@ -501,9 +516,13 @@ def cfg_plain(ctx):
 
 
 def default_policy():
-    """The shipped rule set: conf/policy-enterprise.json's policy section."""
+    """The shipped rule set (conf/policy-enterprise.json: every detector, a regex and a keyword rule)
+    plus the 50 regex rules of tests/bench/policy-regex-50.json."""
     with open(os.path.join(ROOT, "conf", "policy-enterprise.json")) as f:
-        return json.load(f)["policy"]
+        pol = json.load(f)["policy"]
+    with open(REGEX_RULES) as f:
+        pol["rules"] = pol["rules"] + json.load(f)["rules"]
+    return pol
 
 
 def cfg_full(ctx):
@@ -667,9 +686,10 @@ def throughput_rounds(ctx, targets, body_file, token=None, tokens_file=None, lab
     return {name: summarise(r) for name, r in runs.items()}
 
 
-def sse_latency(ctx, target, body_file, count):
+def sse_latency(ctx, target, body_file, count, json_mode=False):
     argv = [ctx.sse_client, "--port", str(target.port), "--body-file", body_file, "--count", str(count),
-            "--warmup", "20", "--expect-chunks", str(STREAM_CHUNKS)]
+            "--warmup", "20"]
+    argv += ["--json"] if json_mode else ["--expect-chunks", str(STREAM_CHUNKS)]
     for k, v in target.extra_headers:
         argv += ["--header", f"{k}: {v}"]
     quiesce(target.pids() + ctx.upstream_pids())
@@ -850,7 +870,9 @@ def run_bench(ctx):
             tok = mint_tokens(ctx, ctx.entra, 1, os.path.join(ctx.tmp, "token-cached.txt"), procs=1)
             with open(tok) as f:
                 token = f.read().strip()
-            sc["full"] = scenario_throughput(ctx, "full", cfg_full, token=token)
+            sc["full"] = scenario_throughput(ctx, "full", cfg_full, token=token, body=prompt_body(1024))
+            sc["full16k"] = scenario_throughput(ctx, "full16k", cfg_full, token=token, body=prompt_body(16384))
+            sc["full_latency"] = full_latency(ctx, token)
         else:
             sc["full"] = {"unavailable": "fake_entra did not start"}
     if "cold" in want:
@@ -933,6 +955,40 @@ def stream_latency(ctx):
         gw.stop()
 
 
+def full_latency(ctx, token):
+    """Added latency of the full scenario (1 KB prompt) over going to the upstream directly: one request
+    at a time (no queueing), direct / aoai-guard full / nginx alternating, bench_sse --json."""
+    if not ctx.sse_client:
+        return None
+    body_file = write_body(ctx, "body-full-latency.json", prompt_body(1024))
+    direct = Direct(ctx.upstream)
+    gw = AoaiGuard(ctx, cfg_full(ctx), label="gw-full-latency")
+    gw.extra_headers = (("Authorization", f"Bearer {token}"),)
+    targets = [direct, gw]
+    ngx = None
+    if ctx.nginx:
+        ngx = Nginx(ctx, ctx.upstream, ctx.workers, label="nginx-full-latency")
+        targets.append(ngx)
+    runs = {t.name: [] for t in targets}
+    try:
+        for rnd in range(ctx.rounds):
+            order = targets if rnd % 2 == 0 else list(reversed(targets))
+            for t in order:
+                runs[t.name].append(sse_latency(ctx, t, body_file, ctx.sse_count, json_mode=True))
+        out = {}
+        for name, rs in runs.items():
+            out[name] = {"p50_us": statistics.median(r["ttlb_us"]["p50"] for r in rs),
+                         "p90_us": statistics.median(r["ttlb_us"]["p90"] for r in rs),
+                         "p99_us": statistics.median(r["ttlb_us"]["p99"] for r in rs),
+                         "requests": sum(r["count"] for r in rs), "errors": sum(r["errors"] for r in rs)}
+            log(f"full latency {name}: p50 {out[name]['p50_us']:.0f} us, p99 {out[name]['p99_us']:.0f} us")
+        return out
+    finally:
+        if ngx:
+            ngx.stop()
+        gw.stop()
+
+
 def connections_scenario(ctx):
     log(f"scenario conns: RSS per {ctx.idle_conns} idle keep-alive connections")
     crt, key = make_cert(ctx)
@@ -998,7 +1054,7 @@ def write_results(ctx, res, path):
     L.append("")
     L.append(f"Everything runs on this machine over loopback: the upstream is `tests/fakes/fake_aoai --no-record` "
              f"(one thread), the client is `wrk -t{cfg['wrk_threads']} -c{cfg['wrk_connections']}` with "
-             f"`tests/bench/wrk_post.lua` (POST of a 190-byte chat body), and every proxy runs "
+             f"`tests/bench/wrk_post.lua` (POST of a 190-byte chat body; 1 KB and 16 KB prompts in the full scenarios), and every proxy runs "
              f"{cfg['workers']} workers (aoai-guard `workers`, nginx `worker_processes`, HAProxy `nbthread`). "
              f"nginx is a plain keep-alive `proxy_pass` (upstream `keepalive 64`, HTTP/1.1, `Connection \"\"`, "
              f"`proxy_buffering off`, no access log); HAProxy is `http-reuse always`; aoai-guard has no access log. "
@@ -1017,7 +1073,8 @@ def write_results(ctx, res, path):
     L.append("")
     L.append("| scenario | proxy | req/s | p50 ms | p99 ms | p99.9 ms | CPU s per 10k req | syscalls per req | upstream busy | errors |")
     L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    names = [("plain", "1. plain (pure proxy)"), ("full", "2. full (auth cached + limits + policy + audit)"),
+    names = [("plain", "1. plain (pure proxy)"), ("full", "2. full, 1 KB prompt (auth cached + limits + policy + audit)"),
+             ("full16k", "2b. full, 16 KB prompt"),
              ("cold", "3. cold tokens (a new token per request)"), ("stream", f"4. streaming ({STREAM_CHUNKS}-chunk SSE)")]
     ratios = []
     for key, title in names:
@@ -1056,7 +1113,7 @@ def write_results(ctx, res, path):
                  f"{fmt(ratio(p['aoai-guard']['rps'], p['haproxy']['rps']), '.2f')}×, CPU per request "
                  f"{fmt(ratio(p['aoai-guard']['cpu_per_10k'], p['haproxy']['cpu_per_10k']), '.2f')}×.")
         L.append("")
-    for key in ("plain", "full", "cold", "stream"):
+    for key in ("plain", "full", "full16k", "cold", "stream"):
         s = sc.get(key)
         if s and "aoai-guard" in s:
             L.append(f"- {key}: req/s per round — " + "; ".join(
@@ -1091,6 +1148,28 @@ def write_results(ctx, res, path):
             add_l = r["ttlb_p50_us"] - d["ttlb_p50_us"] if d and name != "direct" else None
             L.append(f"| {name} | {fmt(r['ttfb_p50_us'])} | {fmt(r['ttfb_p99_us'])} | {fmt(r['ttlb_p50_us'])} | "
                      f"{fmt(r['ttlb_p99_us'])} | {fmt(add_f)} | {fmt(add_l)} |")
+        L.append("")
+    flat = sc.get("full_latency")
+    if flat and flat.get("direct"):
+        d = flat["direct"]
+        L.append("## Full scenario: added latency over the upstream alone (1 KB prompt)")
+        L.append("")
+        L.append(f"`tests/bench/bench_sse --json`: one request at a time on one keep-alive connection (no "
+                 f"queueing), {cfg['sse_requests']} requests per round after 20 warm-up requests, {cfg['rounds']} "
+                 f"rounds alternating direct / aoai-guard (full: Entra token, limits, the 68-rule policy, audit "
+                 f"to a file) / nginx (plain proxy); time from writing the request to the last byte of the "
+                 f"response, medians over rounds of the per-round percentiles.")
+        L.append("")
+        L.append("| path | p50 µs | p90 µs | p99 µs | added p50 µs | added p99 µs |")
+        L.append("|---|---:|---:|---:|---:|---:|")
+        for name in ("direct", "aoai-guard", "nginx"):
+            r = flat.get(name)
+            if not r:
+                continue
+            a50 = r["p50_us"] - d["p50_us"] if name != "direct" else None
+            a99 = r["p99_us"] - d["p99_us"] if name != "direct" else None
+            L.append(f"| {name} | {fmt(r['p50_us'])} | {fmt(r['p90_us'])} | {fmt(r['p99_us'])} | {fmt(a50)} | "
+                     f"{fmt(a99)} |")
         L.append("")
     conns = sc.get("conns")
     if conns:
@@ -1131,6 +1210,15 @@ def write_results(ctx, res, path):
         L.append(f"| plain throughput ≥ 1.0× nginx | {fmt(r1, '.2f')}× | {'yes' if r1 and r1 >= 1.0 else 'no'} |")
         L.append(f"| plain p99 ≤ nginx p99 | {fmt(pg['p99_us'] / 1000, '.2f')} ms vs {fmt(pn['p99_us'] / 1000, '.2f')} ms | "
                  f"{'yes' if pg['p99_us'] <= pn['p99_us'] else 'no'} |")
+    fg, fn = sc.get("full", {}).get("aoai-guard"), sc.get("full", {}).get("nginx")
+    if fg and fn:
+        r2 = ratio(fg["rps"], fn["rps"])
+        L.append(f"| full (1 KB prompt) throughput ≥ 0.8× nginx plain | {fmt(r2, '.2f')}× | "
+                 f"{'yes' if r2 and r2 >= 0.8 else 'no'} |")
+    if flat and flat.get("direct") and flat.get("aoai-guard"):
+        a99 = flat["aoai-guard"]["p99_us"] - flat["direct"]["p99_us"]
+        L.append(f"| full (1 KB prompt) p99 added latency over direct ≤ 1 ms | {a99:.0f} µs | "
+                 f"{'yes' if a99 <= 1000 else 'no'} |")
     if lat and lat.get("direct") and lat.get("aoai-guard"):
         add = lat["aoai-guard"]["ttfb_p50_us"] - lat["direct"]["ttfb_p50_us"]
         L.append(f"| streaming added first-byte latency ≤ 200 µs median | {add:.0f} µs | {'yes' if add <= 200 else 'no'} |")

@@ -2,7 +2,10 @@
  * one keep-alive connection, so a proxy's added latency shows without queueing.
  *
  *   bench_sse --port P --body-file F [--path TARGET] [--header "Name: value"]... [--count N]
- *             [--warmup N] [--expect-chunks N]
+ *             [--warmup N] [--expect-chunks N] [--json]
+ *
+ * --json: the responses are plain JSON completions (the body must be a JSON object), for the added
+ * latency of a whole non-streamed request.
  *
  * For every request: t0 just before the request is written, TTFB at the first response byte, TTLB when
  * the chunked body's last chunk (or Content-Length) is complete. Every response must be 200 and end
@@ -108,6 +111,7 @@ typedef struct exchange {
     size_t bytes;
     size_t events;
     int done_seen;
+    int json_object;                   /* the body is one JSON object ({...}) */
 } exchange;
 
 /* Reads one response from fd, whose first bytes may already be in *in (left over from before: there
@@ -239,6 +243,7 @@ static int read_response(int fd, buf *in, double t0, exchange *ex)
     for (const char *p = body.p; p && (p = strstr(p, "data:")) != NULL; p += 5)
         ex->events++;
     ex->done_seen = body.p && strstr(body.p, "data: [DONE]") != NULL;
+    ex->json_object = body.p && body.len > 1 && body.p[0] == '{' && body.p[body.len - 1] == '}';
     free(body.p);
     return 0;
 }
@@ -275,12 +280,17 @@ int main(int argc, char **argv)
 {
     int port = 0, count = 500, warmup = 20;
     long expect_chunks = 0;
+    int json_mode = 0;
     const char *path = "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21";
     const char *body_file = NULL;
     const char *headers[MAX_HEADERS];
     int nheaders = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--json") == 0) {
+            json_mode = 1;
+            continue;
+        }
         if (!v)
             goto usage;
         if (strcmp(a, "--port") == 0) port = atoi(v);
@@ -304,7 +314,8 @@ int main(int argc, char **argv)
     buf req = {0};
     char line[512];
     snprintf(line, sizeof line, "POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
-             "Accept: text/event-stream\r\nContent-Length: %zu\r\n", path, port, blen);
+             "Accept: %s\r\nContent-Length: %zu\r\n", path, port,
+             json_mode ? "application/json" : "text/event-stream", blen);
     buf_put(&req, line, strlen(line));
     for (int i = 0; i < nheaders; i++) {
         buf_put(&req, headers[i], strlen(headers[i]));
@@ -339,7 +350,8 @@ int main(int argc, char **argv)
                 break;
             continue;
         }
-        if (ex.status != 200 || !ex.done_seen || (expect_chunks && (long)ex.events < expect_chunks)) {
+        int complete = json_mode ? ex.json_object : ex.done_seen;
+        if (ex.status != 200 || !complete || (expect_chunks && (long)ex.events < expect_chunks)) {
             errors++;
             if (errors <= 3)
                 fprintf(stderr, "bench_sse: request %d: status %d, %zu events, [DONE] %s\n", i, ex.status,
@@ -371,6 +383,6 @@ int main(int argc, char **argv)
     return errors ? 1 : 0;
 usage:
     fprintf(stderr, "usage: bench_sse --port P --body-file F [--path T] [--header 'N: v']... [--count N] "
-                    "[--warmup N] [--expect-chunks N]\n");
+                    "[--warmup N] [--expect-chunks N] [--json]\n");
     return 2;
 }

@@ -14,6 +14,7 @@
 
 #include "aoai_guard/clock.h"
 #include "aoai_guard/credential.h"
+#include "aoai_guard/growbuf.h"
 #include "aoai_guard/headbuf.h"
 #include "aoai_guard/runtime.h"
 #include "aoai_guard/conn.h"
@@ -454,24 +455,10 @@ static int on_resp_body(llhttp_t *p, const char *at, size_t len)
     ag_request *r = ex->req;
     if (r->resp_buffered) {
         /* Held whole for response-side policy; bounded, and fail closed beyond the bound. */
-        if (r->resp_json_len + len > MAX_BUFFERED_RESPONSE) {
+        if (ag_grow_append(&r->resp_json, &r->resp_json_len, &r->resp_json_cap, MAX_BUFFERED_RESPONSE, at, len)) {
             ex->policy_failed = true;
             return -1;
         }
-        if (r->resp_json_len + len > r->resp_json_cap) {
-            size_t cap = r->resp_json_cap ? r->resp_json_cap : 4096;
-            while (cap < r->resp_json_len + len)
-                cap *= 2;
-            char *n = realloc(r->resp_json, cap);
-            if (!n) {
-                ex->policy_failed = true;
-                return -1;
-            }
-            r->resp_json = n;
-            r->resp_json_cap = cap;
-        }
-        memcpy(r->resp_json + r->resp_json_len, at, len);
-        r->resp_json_len += len;
         return 0;
     }
     if (!r->sse_events)
@@ -488,24 +475,9 @@ static int on_resp_body(llhttp_t *p, const char *at, size_t len)
             ag_response_body(r, rest, rl);
         }
     } else if (ex->is_json && !r->resp_json_overflow) {
-        if (r->resp_json_len + len > MAX_JSON_KEEP) {
+        /* Kept (bounded) for the usage at the end; beyond the bound the usage is simply unknown. */
+        if (ag_grow_append(&r->resp_json, &r->resp_json_len, &r->resp_json_cap, MAX_JSON_KEEP, at, len))
             r->resp_json_overflow = true;
-        } else {
-            if (r->resp_json_len + len > r->resp_json_cap) {
-                size_t cap = r->resp_json_cap ? r->resp_json_cap : 4096;
-                while (cap < r->resp_json_len + len)
-                    cap *= 2;
-                char *n = realloc(r->resp_json, cap);
-                if (!n) {
-                    r->resp_json_overflow = true;
-                    return 0;
-                }
-                r->resp_json = n;
-                r->resp_json_cap = cap;
-            }
-            memcpy(r->resp_json + r->resp_json_len, at, len);
-            r->resp_json_len += len;
-        }
     }
     return 0;
 }

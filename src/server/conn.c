@@ -27,6 +27,7 @@
 #include <openssl/ssl.h>
 
 #include "aoai_guard/clock.h"
+#include "aoai_guard/growbuf.h"
 #include "aoai_guard/headbuf.h"
 #include "aoai_guard/http.h"
 #include "aoai_guard/log.h"
@@ -174,24 +175,11 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     ag_conn *c = conn_of(p);
     ag_request *r = c->req;
-    size_t max = (size_t)c->cfg->limits.max_body_bytes;
-    if (r->body_len + len > max)
-        return parse_fail(c, 413, "RequestBodyTooLarge", "The request body is larger than allowed.");
-    if (r->body_len + len + 1 > r->body_cap) {
-        size_t cap = r->body_cap ? r->body_cap : 4096;
-        while (cap < r->body_len + len + 1)
-            cap *= 2;
-        if (cap > max + 1)
-            cap = max + 1;
-        char *nb = realloc(r->body, cap);
-        if (!nb)
-            return parse_fail(c, 503, "ServiceUnavailable", "Out of memory.");
-        r->body = nb;
-        r->body_cap = cap;
+    if (ag_grow_append(&r->body, &r->body_len, &r->body_cap, (size_t)c->cfg->limits.max_body_bytes, at, len)) {
+        if (r->body_len + len > (size_t)c->cfg->limits.max_body_bytes)
+            return parse_fail(c, 413, "RequestBodyTooLarge", "The request body is larger than allowed.");
+        return parse_fail(c, 503, "ServiceUnavailable", "Out of memory.");
     }
-    memcpy(r->body + r->body_len, at, len);
-    r->body_len += len;
-    r->body[r->body_len] = '\0';
     return 0;
 }
 

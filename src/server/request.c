@@ -17,6 +17,7 @@
 #include "aoai_guard/request_metrics.h"
 #include "aoai_guard/conn.h"
 #include "aoai_guard/forward.h"
+#include "aoai_guard/growbuf.h"
 #include "aoai_guard/headbuf.h"
 #include "aoai_guard/jsonw.h"
 #include "aoai_guard/log.h"
@@ -266,22 +267,8 @@ void ag_request_error(ag_request *r, int status, const char *code, const char *m
 void ag_request_add_completion(ag_request *r, const char *text, size_t len)
 {
     if (r->completion_len + len > MAX_COMPLETION_TEXT)
-        len = MAX_COMPLETION_TEXT - r->completion_len;
-    if (len == 0)
-        return;
-    if (r->completion_len + len + 1 > r->completion_cap) {
-        size_t cap = r->completion_cap ? r->completion_cap * 2 : 1024;
-        while (cap < r->completion_len + len + 1)
-            cap *= 2;
-        char *n = realloc(r->completion_text, cap);
-        if (!n)
-            return;
-        r->completion_text = n;
-        r->completion_cap = cap;
-    }
-    memcpy(r->completion_text + r->completion_len, text, len);
-    r->completion_len += len;
-    r->completion_text[r->completion_len] = '\0';
+        len = MAX_COMPLETION_TEXT - r->completion_len; /* the rest is counted in usage, not kept */
+    ag_grow_append(&r->completion_text, &r->completion_len, &r->completion_cap, MAX_COMPLETION_TEXT, text, len);
 }
 
 void ag_request_client_gone(ag_request *r)

@@ -67,7 +67,7 @@ typedef struct ag_usage {
 typedef struct ag_request {
     struct ag_conn *conn;
     struct ag_worker *worker;
-    ag_config *cfg;                 /* the snapshot this request runs under (a reference) */
+    ag_config *cfg;                 /* the snapshot this request runs under (its connection's) */
     char id[72];                    /* x-request-id */
     char client_addr[64];
 

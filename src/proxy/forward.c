@@ -415,7 +415,9 @@ static int on_resp_headers_complete(llhttp_t *p)
     const char *ct = rh_value(ex, "content-type", &ctl);
     ex->is_sse = value_starts(ct, ctl, "text/event-stream");
     ex->is_json = value_starts(ct, ctl, "application/json");
-    snprintf(r->upstream, sizeof r->upstream, "%s", up->conf->name);
+    size_t un = strnlen(up->conf->name, sizeof r->upstream - 1);
+    memcpy(r->upstream, up->conf->name, un);
+    r->upstream[un] = '\0';
     const ag_policy *pol = r->cfg->policy;
     const char *op = r->route.operation;
     r->want_text = r->worker->rt->svc.audit != NULL; /* only the audit trail keeps the completion */

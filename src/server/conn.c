@@ -590,7 +590,9 @@ static int conn_take_head(ag_conn *c, struct evbuffer *in)
     }
     /* The request line, copied out for routing. */
     size_t sp1 = strcspn(r->hbuf, " ");
-    snprintf(r->method_str, sizeof r->method_str, "%.*s", (int)(sp1 < 15 ? sp1 : 15), r->hbuf);
+    size_t ml = sp1 < sizeof r->method_str - 1 ? sp1 : sizeof r->method_str - 1;
+    memcpy(r->method_str, r->hbuf, ml);
+    r->method_str[ml] = '\0';
     const char *t = r->hbuf + sp1 + 1;
     const char *tend = memchr(t, ' ', line_len - sp1 - 1);
     r->target_len = (size_t)(tend - t);

@@ -25,6 +25,9 @@
 
 #define MAX_COMPLETION_TEXT (1024 * 1024)
 
+_Static_assert(sizeof ((ag_request *)0)->client_addr == sizeof ((ag_conn *)0)->client_addr,
+               "a request copies its connection's client address whole");
+
 /* Bodies up to this size keep their buffer when the request's memory goes back to the cache. */
 #define CACHED_BODY_MAX (64 * 1024)
 
@@ -53,8 +56,8 @@ ag_request *ag_request_new(struct ag_conn *c)
     }
     r->conn = c;
     r->worker = c->worker;
-    r->cfg = ag_config_ref(c->cfg);
-    snprintf(r->client_addr, sizeof r->client_addr, "%s", c->client_addr);
+    r->cfg = c->cfg; /* borrowed: the connection holds a reference and outlives its requests */
+    memcpy(r->client_addr, c->client_addr, sizeof r->client_addr); /* same size, NUL-terminated */
     r->h_host = r->h_authorization = r->h_api_key = r->h_content_type = r->h_request_id = -1;
     r->h_connection = r->h_transfer_encoding = r->h_expect = r->h_content_encoding = -1;
     r->http_major = 1;
@@ -89,7 +92,6 @@ void ag_request_free(ag_request *r)
     free(r->resp_json);
     ag_worker *w = r->worker;
     w->active_requests--;
-    ag_config_unref(r->cfg);
     if (w->nreq_cache < AG_REQUEST_CACHE) {
         if (r->body_cap > CACHED_BODY_MAX) {
             free(r->body);

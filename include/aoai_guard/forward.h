@@ -17,6 +17,8 @@ ag_stage_result ag_forward_prepare_stage(ag_request *req);
 ag_stage_result ag_forward_stage(ag_request *req);
 /* Stops the exchange and frees it (the request is going away). */
 void ag_exchange_cancel(ag_exchange *ex);
+/* Frees the worker's cache of finished exchanges (at worker teardown, before its event base). */
+void ag_exchange_cache_drain(struct ag_worker *w);
 /* The client left: cancel the upstream at once and end the request as client_disconnected. */
 void ag_exchange_client_gone(ag_exchange *ex);
 

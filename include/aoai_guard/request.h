@@ -81,7 +81,8 @@ typedef struct ag_request {
 
     /* headers: names and values are stored back to back in hbuf */
     char *hbuf;
-    size_t hlen, hcap;
+    size_t hbuf_cap;
+    size_t hlen;
     ag_header *headers;
     size_t nheaders, headers_cap;
     int h_host, h_authorization, h_api_key, h_content_type, h_request_id, h_connection,

@@ -22,6 +22,7 @@ struct ag_upstream_set;
 struct ag_runtime;
 struct ag_worker;
 struct ag_request;
+struct ag_exchange;
 
 typedef void (*ag_worker_fn)(struct ag_worker *w, void *arg);
 
@@ -83,6 +84,8 @@ typedef struct ag_worker {
     ag_send_queue sendq;                  /* direct writes of client and upstream output */
     struct ag_request *req_cache[AG_REQUEST_CACHE]; /* finished requests' memory, for reuse */
     unsigned nreq_cache;
+    struct ag_exchange *ex_cache[AG_REQUEST_CACHE];  /* finished upstream exchanges, likewise */
+    unsigned nex_cache;
 } ag_worker;
 
 /* Queues fn(w, arg) to run on the worker's thread (thread-safe, never blocks on I/O). */

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -53,7 +54,7 @@ struct ag_exchange {
     struct event *timer;               /* first byte / idle deadline */
     /* response head, collected from llhttp callbacks */
     char *rh;
-    size_t rhlen;
+    size_t rhlen, rhcap;               /* grows up to MAX_RESPONSE_HEAD */
     uint32_t hname[MAX_RESPONSE_HEADERS][2], hvalue[MAX_RESPONSE_HEADERS][2];
     size_t nh;
     bool field_open;
@@ -169,6 +170,20 @@ static int rh_append(ag_exchange *ex, const char *at, size_t len)
     if (ex->rhlen + len > MAX_RESPONSE_HEAD) {
         ex->head_too_big = true;
         return -1;
+    }
+    if (ex->rhlen + len > ex->rhcap) {
+        size_t cap = ex->rhcap ? ex->rhcap * 2 : 4096;
+        while (cap < ex->rhlen + len)
+            cap *= 2;
+        if (cap > MAX_RESPONSE_HEAD)
+            cap = MAX_RESPONSE_HEAD;
+        char *n = realloc(ex->rh, cap);
+        if (!n) {
+            ex->head_too_big = true;
+            return -1;
+        }
+        ex->rh = n;
+        ex->rhcap = cap;
     }
     memcpy(ex->rh + ex->rhlen, at, len);
     ex->rhlen += len;
@@ -502,17 +517,36 @@ static const llhttp_settings_t resp_settings = {
 
 /* ---- exchange lifecycle ---------------------------------------------------------------------- */
 
+/* Response heads up to this size keep their buffer when the exchange goes back to the cache. */
+#define CACHED_HEAD_MAX (16 * 1024)
+
 static void ex_free(ag_exchange *ex)
 {
     if (ex->connecting)
         ag_upstream_connect_cancel(ex->connecting);
     if (ex->uc)
         ag_upconn_release(ex->uc, false);
+    ag_worker *w = ex->set->worker;
+    ag_upstream_set_unref(ex->set);
+    if (ex->timer && w->nex_cache < AG_REQUEST_CACHE && ex->rhcap <= CACHED_HEAD_MAX) {
+        evtimer_del(ex->timer); /* the timer stays bound to this memory and this worker's loop */
+        w->ex_cache[w->nex_cache++] = ex;
+        return;
+    }
     if (ex->timer)
         event_free(ex->timer);
     free(ex->rh);
-    ag_upstream_set_unref(ex->set);
     free(ex);
+}
+
+void ag_exchange_cache_drain(ag_worker *w)
+{
+    while (w->nex_cache > 0) {
+        ag_exchange *ex = w->ex_cache[--w->nex_cache];
+        event_free(ex->timer);
+        free(ex->rh);
+        free(ex);
+    }
 }
 
 /* Detaches the exchange from its request and frees it; the request continues on its own. */
@@ -909,19 +943,30 @@ ag_stage_result ag_forward_prepare_stage(ag_request *r)
 
 ag_stage_result ag_forward_stage(ag_request *r)
 {
-    ag_exchange *ex = calloc(1, sizeof *ex);
-    char *rh = malloc(MAX_RESPONSE_HEAD);
-    if (!ex || !rh) {
-        free(ex);
-        free(rh);
-        ag_request_error(r, 503, "ServiceUnavailable", "Out of memory.", NULL, true);
-        return AG_STAGE_DONE;
+    ag_worker *w = r->worker;
+    ag_exchange *ex;
+    if (w->nex_cache > 0) {
+        /* A finished exchange's memory, with its head buffer and timer (bound to this memory). */
+        ex = w->ex_cache[--w->nex_cache];
+        char *rh = ex->rh;
+        size_t rhcap = ex->rhcap;
+        struct event *timer = ex->timer;
+        memset(ex, 0, offsetof(ag_exchange, hname));
+        memset(&ex->nh, 0, sizeof *ex - offsetof(ag_exchange, nh));
+        ex->rh = rh;
+        ex->rhcap = rhcap;
+        ex->timer = timer;
+    } else {
+        ex = calloc(1, sizeof *ex);
+        if (!ex) {
+            ag_request_error(r, 503, "ServiceUnavailable", "Out of memory.", NULL, true);
+            return AG_STAGE_DONE;
+        }
+        ex->timer = evtimer_new(w->base, ex_timer_cb, ex);
     }
-    ex->rh = rh;
     ex->req = r;
-    ex->set = r->worker->upstreams;
+    ex->set = w->upstreams;
     ag_upstream_set_ref(ex->set);
-    ex->timer = evtimer_new(r->worker->base, ex_timer_cb, ex);
     r->ex = ex;
     ex_attempt(ex);
     /* ex_attempt may have answered already (no upstream); the request is still alive either way

@@ -565,7 +565,11 @@ static int conn_take_head(ag_conn *c, struct evbuffer *in)
         return -1;
     }
     ag_request *r = c->req;
-    r->hbuf = malloc(headlen + 1);
+    if (r->hbuf_cap < headlen + 1) {
+        free(r->hbuf); /* a cached buffer too small for this head */
+        r->hbuf = malloc(headlen + 1);
+        r->hbuf_cap = r->hbuf ? headlen + 1 : 0;
+    }
     if (r->headers && r->headers_cap != (size_t)c->cfg->limits.max_headers) {
         free(r->headers); /* a cached table sized under another configuration */
         r->headers = NULL;

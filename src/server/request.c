@@ -28,8 +28,8 @@
 _Static_assert(sizeof ((ag_request *)0)->client_addr == sizeof ((ag_conn *)0)->client_addr,
                "a request copies its connection's client address whole");
 
-/* Bodies up to this size keep their buffer when the request's memory goes back to the cache. */
-#define CACHED_BODY_MAX (64 * 1024)
+/* Buffers up to this size stay with the request's memory when it goes back to the cache. */
+#define CACHED_BUFFER_MAX (64 * 1024)
 
 ag_request *ag_request_new(struct ag_conn *c)
 {
@@ -38,13 +38,17 @@ ag_request *ag_request_new(struct ag_conn *c)
     if (w->nreq_cache > 0) {
         /* A finished request's memory, with its body buffer and header table kept. */
         r = w->req_cache[--w->nreq_cache];
-        char *body = r->body;
-        size_t body_cap = r->body_cap;
+        char *body = r->body, *hbuf = r->hbuf, *resp_json = r->resp_json;
+        size_t body_cap = r->body_cap, hbuf_cap = r->hbuf_cap, resp_json_cap = r->resp_json_cap;
         ag_header *headers = r->headers;
         size_t headers_cap = r->headers_cap;
         memset(r, 0, sizeof *r);
         r->body = body;
         r->body_cap = body_cap;
+        r->hbuf = hbuf;
+        r->hbuf_cap = hbuf_cap;
+        r->resp_json = resp_json;
+        r->resp_json_cap = resp_json_cap;
         r->headers = headers;
         r->headers_cap = headers_cap;
         if (r->body)
@@ -69,6 +73,16 @@ ag_request *ag_request_new(struct ag_conn *c)
     return r;
 }
 
+/* The buffers a request keeps across reuse, and the request itself. */
+static void free_request_memory(ag_request *r)
+{
+    free(r->body);
+    free(r->hbuf);
+    free(r->resp_json);
+    free(r->headers);
+    free(r);
+}
+
 void ag_request_free(ag_request *r)
 {
     if (!r)
@@ -86,34 +100,37 @@ void ag_request_free(ag_request *r)
     }
     cJSON_Delete(r->json);
     free(r->forward_body);
-    free(r->hbuf);
     free(r->target);
     free(r->completion_text);
-    free(r->resp_json);
     ag_worker *w = r->worker;
     w->active_requests--;
     if (w->nreq_cache < AG_REQUEST_CACHE) {
-        if (r->body_cap > CACHED_BODY_MAX) {
+        /* Kept for the next request: the header table, and buffers of ordinary size. */
+        if (r->body_cap > CACHED_BUFFER_MAX) {
             free(r->body);
             r->body = NULL;
             r->body_cap = 0;
         }
+        if (r->hbuf_cap > CACHED_BUFFER_MAX) {
+            free(r->hbuf);
+            r->hbuf = NULL;
+            r->hbuf_cap = 0;
+        }
+        if (r->resp_json_cap > CACHED_BUFFER_MAX) {
+            free(r->resp_json);
+            r->resp_json = NULL;
+            r->resp_json_cap = 0;
+        }
         w->req_cache[w->nreq_cache++] = r;
         return;
     }
-    free(r->body);
-    free(r->headers);
-    free(r);
+    free_request_memory(r);
 }
 
 void ag_request_cache_drain(ag_worker *w)
 {
-    while (w->nreq_cache > 0) {
-        ag_request *r = w->req_cache[--w->nreq_cache];
-        free(r->body);
-        free(r->headers);
-        free(r);
-    }
+    while (w->nreq_cache > 0)
+        free_request_memory(w->req_cache[--w->nreq_cache]);
 }
 
 int ag_request_header_find(const ag_request *r, const char *name)

@@ -14,6 +14,7 @@
 
 #include "aoai_guard/auth_stage.h"
 #include "aoai_guard/conn.h"
+#include "aoai_guard/forward.h"
 #include "aoai_guard/content_safety.h"
 #include "aoai_guard/limit_stage.h"
 #include "aoai_guard/policy_stage.h"
@@ -172,6 +173,7 @@ void ag_worker_destroy(ag_worker *w)
         event_free(w->reap);
     ag_send_queue_destroy(&w->sendq);
     ag_request_cache_drain(w);
+    ag_exchange_cache_drain(w);
     if (w->dns)
         evdns_base_free(w->dns, 0);
     if (w->base)

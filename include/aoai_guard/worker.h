@@ -78,7 +78,8 @@ typedef struct ag_worker {
 
     pthread_mutex_t qlock;                /* guards qhead/qtail only */
     ag_worker_msg *qhead, *qtail;
-    struct event *wake;                   /* activated by ag_worker_post */
+    int wake_fd;                          /* eventfd written by ag_worker_post */
+    struct event *wake;                   /* reads wake_fd and runs the queued messages */
     struct event *reap;                   /* frees connections marked for closing */
     struct ag_conn_list reap_list;
     ag_send_queue sendq;                  /* direct writes of client and upstream output */

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <event2/dns.h>
@@ -38,13 +40,23 @@ int ag_worker_post(ag_worker *w, ag_worker_fn fn, void *arg)
         w->qhead = m;
     w->qtail = m;
     pthread_mutex_unlock(&w->qlock);
-    event_active(w->wake, EV_READ, 0);
-    return 0;
+    /* The worker's event base has no lock (nothing else of it is touched from other threads):
+     * the wake-up is a write to its eventfd. */
+    uint64_t one = 1;
+    ssize_t n;
+    do {
+        n = write(w->wake_fd, &one, sizeof one);
+    } while (n < 0 && errno == EINTR);
+    return 0; /* EAGAIN: the counter is full, so a wake-up is pending anyway */
 }
 
 static void wake_cb(evutil_socket_t fd, short what, void *arg)
 {
     ag_worker *w = arg;
+    uint64_t count;
+    (void)what;
+    while (read(fd, &count, sizeof count) < 0 && errno == EINTR)
+        ;
     pthread_mutex_lock(&w->qlock);
     ag_worker_msg *m = w->qhead;
     w->qhead = w->qtail = NULL;
@@ -87,7 +99,15 @@ int ag_worker_init(ag_worker *w, struct ag_runtime *rt, int index, ag_config *cf
     TAILQ_INIT(&w->conns);
     TAILQ_INIT(&w->reap_list);
     pthread_mutex_init(&w->qlock, NULL);
-    w->base = event_base_new();
+    w->wake_fd = -1;
+    /* Only this worker's thread ever touches its event base (other threads post through the
+     * eventfd below), so the base runs without libevent's lock: no mutex per event operation. */
+    struct event_config *ec = event_config_new();
+    if (!ec)
+        return -1;
+    event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+    w->base = event_base_new_with_config(ec);
+    event_config_free(ec);
     if (!w->base)
         return -1;
     w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
@@ -98,7 +118,10 @@ int ag_worker_init(ag_worker *w, struct ag_runtime *rt, int index, ag_config *cf
             return -1;
     }
     evdns_base_load_hosts(w->dns, NULL);
-    w->wake = event_new(w->base, -1, EV_PERSIST, wake_cb, w);
+    w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->wake_fd < 0)
+        return -1;
+    w->wake = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, wake_cb, w);
     w->reap = event_new(w->base, -1, 0, reap_cb, w);
     if (!w->wake || !w->reap || ag_send_queue_init(&w->sendq, w->base) != 0)
         return -1;
@@ -169,6 +192,8 @@ void ag_worker_destroy(ag_worker *w)
     }
     if (w->wake)
         event_free(w->wake);
+    if (w->wake_fd >= 0)
+        close(w->wake_fd);
     if (w->reap)
         event_free(w->reap);
     ag_send_queue_destroy(&w->sendq);

@@ -5,6 +5,8 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <string.h>
+#include <strings.h>
 
 /* Checks a request line without its CRLF: METHOD SP origin-form SP HTTP/1.x, exactly one SP each,
  * a token method, a target of visible ASCII starting with '/' (or "*" for OPTIONS), no '#'.
@@ -34,6 +36,19 @@ int ag_http_check_transfer_encoding(const char *v, size_t n);
 const char *ag_http_reason(int status);
 
 /* Case-insensitive equality of s[0..n) and the NUL-terminated lit. */
-bool ag_http_name_is(const char *s, size_t n, const char *lit);
+static inline bool ag_http_name_is(const char *s, size_t n, const char *lit)
+{
+    return strlen(lit) == n && strncasecmp(s, lit, n) == 0; /* strlen of a literal folds */
+}
+
+/* A header name with its length, for tables scanned per header. */
+typedef struct ag_http_name {
+    const char *name;
+    size_t len;
+} ag_http_name;
+#define AG_HTTP_NAME(lit) {lit, sizeof(lit) - 1}
+
+/* True when s[0..n) is one of names[0..count), case-insensitively. */
+bool ag_http_name_in(const char *s, size_t n, const ag_http_name *names, size_t count);
 
 #endif

@@ -93,13 +93,13 @@ static bool drop_request_header(const ag_request *r, const ag_upstream_conf *up,
 {
     if (ag_http_is_hop_by_hop(n, nl) || named_in_connection(r, n, nl))
         return true;
-    static const char *const drop[] = {
-        "host", "content-length", "expect", "x-request-id", "forwarded", "accept-encoding",
-        "x-real-ip", NULL,
+    static const ag_http_name drop[] = {
+        AG_HTTP_NAME("host"), AG_HTTP_NAME("content-length"), AG_HTTP_NAME("expect"),
+        AG_HTTP_NAME("x-request-id"), AG_HTTP_NAME("forwarded"), AG_HTTP_NAME("accept-encoding"),
+        AG_HTTP_NAME("x-real-ip"),
     };
-    for (int i = 0; drop[i]; i++)
-        if (ag_http_name_is(n, nl, drop[i]))
-            return true;
+    if (ag_http_name_in(n, nl, drop, sizeof drop / sizeof *drop))
+        return true;
     if (nl >= 12 && strncasecmp(n, "x-forwarded-", 12) == 0)
         return true;
     if (up->auth != AG_UPSTREAM_AUTH_PASSTHROUGH &&

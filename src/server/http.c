@@ -4,9 +4,12 @@
 #include <string.h>
 #include <strings.h>
 
-bool ag_http_name_is(const char *s, size_t n, const char *lit)
+bool ag_http_name_in(const char *s, size_t n, const ag_http_name *names, size_t count)
 {
-    return strlen(lit) == n && strncasecmp(s, lit, n) == 0;
+    for (size_t i = 0; i < count; i++)
+        if (names[i].len == n && strncasecmp(s, names[i].name, n) == 0)
+            return true;
+    return false;
 }
 
 static bool is_tchar(unsigned char c, bool allow_underscore)
@@ -74,14 +77,13 @@ int ag_http_check_request_line(const char *line, size_t len)
 
 bool ag_http_is_hop_by_hop(const char *name, size_t n)
 {
-    static const char *const hop[] = {
-        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-        "upgrade", "http2-settings", "proxy-authenticate", "proxy-authorization", NULL,
+    static const ag_http_name hop[] = {
+        AG_HTTP_NAME("connection"), AG_HTTP_NAME("keep-alive"), AG_HTTP_NAME("proxy-connection"),
+        AG_HTTP_NAME("te"), AG_HTTP_NAME("trailer"), AG_HTTP_NAME("transfer-encoding"),
+        AG_HTTP_NAME("upgrade"), AG_HTTP_NAME("http2-settings"), AG_HTTP_NAME("proxy-authenticate"),
+        AG_HTTP_NAME("proxy-authorization"),
     };
-    for (int i = 0; hop[i]; i++)
-        if (ag_http_name_is(name, n, hop[i]))
-            return true;
-    return false;
+    return ag_http_name_in(name, n, hop, sizeof hop / sizeof *hop);
 }
 
 bool ag_http_list_has(const char *value, size_t n, const char *token)

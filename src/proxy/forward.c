@@ -572,10 +572,10 @@ static void ex_fail(ag_exchange *ex, int status, const char *code, const char *m
 }
 
 /* A JSON response held for response-side policy: inspect, redact, then send it whole. */
-static void ex_send_buffered(ag_exchange *ex)
+/* Sends the response held for response-side policy; doc is its parsed body (or NULL), taken. */
+static void ex_send_buffered(ag_exchange *ex, cJSON *doc)
 {
     ag_request *r = ex->req;
-    cJSON *doc = r->resp_json ? cJSON_ParseWithLength(r->resp_json, r->resp_json_len) : NULL;
     char *text = NULL;
     if (doc) {
         ag_policy_call call = {&r->identity, r->route.deployment[0] ? r->route.deployment : NULL,
@@ -605,10 +605,16 @@ static void ex_finish(ag_exchange *ex)
     }
     if (r->policy_sse)
         ag_policy_sse_decisions(r->policy_sse, &r->policy_decisions);
-    if (ex->is_json && r->resp_json && !r->resp_json_overflow)
-        ag_usage_from_json_response(r, r->resp_json, r->resp_json_len);
+    /* A response held for the response policy is parsed once, for the policy and for usage. */
+    cJSON *doc = r->resp_buffered && r->resp_json ? cJSON_ParseWithLength(r->resp_json, r->resp_json_len) : NULL;
+    if (ex->is_json && r->resp_json && !r->resp_json_overflow) {
+        if (doc)
+            ag_usage_from_json_tree(r, doc);
+        else
+            ag_usage_from_json_response(r, r->resp_json, r->resp_json_len);
+    }
     if (r->resp_buffered)
-        ex_send_buffered(ex);
+        ex_send_buffered(ex, doc);
     bool reusable = llhttp_should_keep_alive(&ex->parser);
     ag_upconn *uc = ex->uc;
     ex->uc = NULL;

@@ -279,6 +279,20 @@ static int usage_only_parse(ag_request *r, const char *text, size_t len)
     return found;
 }
 
+void ag_usage_from_json_tree(ag_request *r, const cJSON *root)
+{
+    if (!root)
+        return;
+    ag_usage_parse(cJSON_GetObjectItemCaseSensitive(root, "usage"), &r->usage);
+    if (!r->want_text)
+        return;
+    const cJSON *object = cJSON_GetObjectItemCaseSensitive(root, "object");
+    if (cJSON_IsString(object) && strcmp(object->valuestring, "response") == 0)
+        take_responses_text(r, root);
+    else
+        take_choice_text(r, root, "message");
+}
+
 void ag_usage_from_json_response(ag_request *r, const char *body, size_t len)
 {
     if (!r->want_text) {
@@ -286,14 +300,7 @@ void ag_usage_from_json_response(ag_request *r, const char *body, size_t len)
         return;
     }
     cJSON *root = cJSON_ParseWithLength(body, len);
-    if (!root)
-        return;
-    ag_usage_parse(cJSON_GetObjectItemCaseSensitive(root, "usage"), &r->usage);
-    const cJSON *object = cJSON_GetObjectItemCaseSensitive(root, "object");
-    if (cJSON_IsString(object) && strcmp(object->valuestring, "response") == 0)
-        take_responses_text(r, root);
-    else
-        take_choice_text(r, root, "message");
+    ag_usage_from_json_tree(r, root);
     cJSON_Delete(root);
 }
 

@@ -157,7 +157,7 @@ int ag_audit_record_rows(const ag_audit_record *r, const ag_audit_row_opts *opts
 /* Bytes s[0..n) occupies inside a JSON string as cJSON prints it (quotes excluded). */
 size_t ag_audit_escaped_len(const char *s, size_t n);
 
-/* Writes a random (version 4) GUID, lower-case, 36 chars + NUL; 0 or -1 when the RNG fails. */
+/* Writes a random (version 4) GUID, lower-case, 36 chars + NUL (ag_uuid4); returns 0. */
 int ag_audit_guid(char out[37]);
 
 /* Names used in the rows: "full", "redacted", ...; "complete", "client_disconnected", ...;

@@ -9,10 +9,10 @@
 
 #include <cjson/cJSON.h>
 #include <openssl/evp.h>
-#include <openssl/rand.h>
 
 #include "aoai_guard/clock.h"
 #include "aoai_guard/json_strict.h"
+#include "aoai_guard/uuid.h"
 
 #ifndef AG_VERSION
 #define AG_VERSION "dev"
@@ -188,20 +188,7 @@ size_t ag_audit_escaped_len(const char *s, size_t n)
 
 int ag_audit_guid(char out[37])
 {
-    unsigned char b[16];
-    if (RAND_bytes(b, sizeof b) != 1)
-        return -1;
-    b[6] = (unsigned char)((b[6] & 0x0F) | 0x40);
-    b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
-    static const char hex[] = "0123456789abcdef";
-    size_t o = 0;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
-            out[o++] = '-';
-        out[o++] = hex[b[i] >> 4];
-        out[o++] = hex[b[i] & 0x0F];
-    }
-    out[o] = '\0';
+    ag_uuid4(out);
     return 0;
 }
 

@@ -1,15 +1,12 @@
 /* The request context: creation, header access, errors in Azure's shape, the access log. */
 #include "aoai_guard/request.h"
 
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 
-#include <openssl/rand.h>
 
 #include "aoai_guard/audit_stage.h"
 #include "aoai_guard/clock.h"
@@ -22,6 +19,7 @@
 #include "aoai_guard/jsonw.h"
 #include "aoai_guard/log.h"
 #include "aoai_guard/sse.h"
+#include "aoai_guard/uuid.h"
 
 #define MAX_COMPLETION_TEXT (1024 * 1024)
 
@@ -167,51 +165,6 @@ static bool request_id_ok(const char *v, size_t n)
     return true;
 }
 
-/* Request ids need to be unique, not secret: each thread draws them from its own xoshiro256**
- * generator seeded once from the OpenSSL DRBG (RAND_bytes per request cost a getpid(2) for its
- * fork check and a DRBG round). */
-static _Thread_local uint64_t id_state[4];
-static _Thread_local bool id_seeded;
-
-static uint64_t rotl64(uint64_t x, int k)
-{
-    return (x << k) | (x >> (64 - k));
-}
-
-static uint64_t id_next(void)
-{
-    uint64_t *s = id_state;
-    uint64_t result = rotl64(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl64(s[3], 45);
-    return result;
-}
-
-static void random_id_bytes(unsigned char b[16])
-{
-    if (!id_seeded) {
-        if (RAND_bytes((unsigned char *)id_state, sizeof id_state) != 1) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            id_state[0] = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32);
-            id_state[1] = (uint64_t)(uintptr_t)&ts;
-            id_state[2] = (uint64_t)pthread_self();
-            id_state[3] = 0x9e3779b97f4a7c15ull;
-        }
-        if (!(id_state[0] | id_state[1] | id_state[2] | id_state[3]))
-            id_state[0] = 1; /* the one state xoshiro cannot leave */
-        id_seeded = true;
-    }
-    uint64_t a = id_next(), c = id_next();
-    memcpy(b, &a, 8);
-    memcpy(b + 8, &c, 8);
-}
-
 void ag_request_assign_id(ag_request *r)
 {
     if (r->h_request_id >= 0) {
@@ -223,19 +176,7 @@ void ag_request_assign_id(ag_request *r)
             return;
         }
     }
-    unsigned char b[16];
-    random_id_bytes(b);
-    b[6] = (unsigned char)((b[6] & 0x0F) | 0x40); /* a version 4 UUID */
-    b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
-    static const char hex[] = "0123456789abcdef";
-    char *o = r->id;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
-            *o++ = '-';
-        *o++ = hex[b[i] >> 4];
-        *o++ = hex[b[i] & 15];
-    }
-    *o = '\0';
+    ag_uuid4(r->id);
 }
 
 void ag_request_error_body(ag_request *r, int status, const char *code, const char *body, size_t blen,

@@ -88,6 +88,8 @@ void ag_response_end(ag_request *req);
  * (a truncated stream must look truncated) and completes the request with reason. */
 void ag_response_abort(ag_request *req, const char *reason);
 /* True when the client's output buffer is above the high-water mark. */
+/* Sends what the response has queued now (a stream's head) rather than after this callback. */
+void ag_response_flush(ag_request *req);
 bool ag_response_congested(const ag_request *req);
 /* Calls fn(arg) once when the client's output drops below the low-water mark. */
 void ag_response_on_drain(ag_request *req, ag_conn_drain_fn fn, void *arg);

@@ -52,6 +52,9 @@ bool ag_sender_attach(ag_sender *s, ag_send_queue *q, struct bufferevent *bev, a
 /* Leaves the queue and removes the output callback; safe on a detached sender. Call before the
  * bufferevent is freed. */
 void ag_sender_detach(ag_sender *s);
+/* Writes what is queued now instead of when the current callback returns (a streamed response's
+ * head, so that the client sees it before the body is processed). No-op when nothing is queued. */
+void ag_sender_flush(ag_sender *s);
 /* For the bufferevent's write callback: once libevent has written everything, EV_WRITE goes off
  * again so that the next bytes take the direct path. No-op on a detached sender. */
 void ag_sender_written(ag_sender *s);

@@ -456,8 +456,11 @@ static int on_resp_headers_complete(llhttp_t *p)
         r->resp_buffered = r->resp_policy && ex->is_json;
     }
     ex->state = EX_STREAMING;
-    if (!r->resp_buffered)
+    if (!r->resp_buffered) {
         ex_send_head(ex, -2);
+        if (ex->is_sse)
+            ag_response_flush(r); /* the head goes out before this read's events are processed */
+    }
     /* From now on the upstream may go quiet only for idle_timeout_ms between bytes. */
     struct timeval tv = {up->conf->idle_timeout_ms / 1000, (up->conf->idle_timeout_ms % 1000) * 1000};
     evtimer_add(ex->timer, &tv);

@@ -946,6 +946,12 @@ void ag_response_abort(ag_request *r, const char *reason)
     ag_conn_request_done(c);
 }
 
+void ag_response_flush(ag_request *r)
+{
+    if (r->conn && r->conn->bev)
+        ag_sender_flush(&r->conn->snd);
+}
+
 bool ag_response_congested(const ag_request *r)
 {
     return evbuffer_get_length(bufferevent_get_output(r->conn->bev)) > OUT_HIGH_WATER;

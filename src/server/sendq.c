@@ -8,6 +8,28 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 
+/* Writes what s has queued (s is off the queue). May call s's drained callback. */
+static void sender_write(ag_sender *s)
+{
+    struct bufferevent *bev = s->bev;
+    struct evbuffer *out = bufferevent_get_output(bev);
+    if ((bufferevent_get_enabled(bev) & EV_WRITE) || evbuffer_get_length(out) == 0)
+        return; /* libevent took over, or somebody drained it */
+    /* A socket bufferevent keeps the front of its output frozen against other readers and thaws
+     * it only around its own writes; do the same. */
+    evbuffer_unfreeze(out, 1);
+    int n = evbuffer_write(out, bufferevent_getfd(bev));
+    evbuffer_freeze(out, 1);
+    if (evbuffer_get_length(out) > 0 || n < 0) {
+        /* The socket is full, or failed: libevent waits for it, and reports an error through the
+         * bufferevent's event callback as it always did. */
+        bufferevent_enable(bev, EV_WRITE);
+        return;
+    }
+    if (s->drained)
+        s->drained(s->arg);
+}
+
 static void send_queue_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -18,24 +40,17 @@ static void send_queue_cb(evutil_socket_t fd, short what, void *arg)
     while ((s = TAILQ_FIRST(&q->pending))) {
         TAILQ_REMOVE(&q->pending, s, link);
         s->queued = false;
-        struct bufferevent *bev = s->bev;
-        struct evbuffer *out = bufferevent_get_output(bev);
-        if ((bufferevent_get_enabled(bev) & EV_WRITE) || evbuffer_get_length(out) == 0)
-            continue; /* libevent took over, or somebody drained it */
-        /* A socket bufferevent keeps the front of its output frozen against other readers and
-         * thaws it only around its own writes; do the same. */
-        evbuffer_unfreeze(out, 1);
-        int n = evbuffer_write(out, bufferevent_getfd(bev));
-        evbuffer_freeze(out, 1);
-        if (evbuffer_get_length(out) > 0 || n < 0) {
-            /* The socket is full, or failed: libevent waits for it, and reports an error through
-             * the bufferevent's event callback as it always did. */
-            bufferevent_enable(bev, EV_WRITE);
-            continue;
-        }
-        if (s->drained)
-            s->drained(s->arg);
+        sender_write(s);
     }
+}
+
+void ag_sender_flush(ag_sender *s)
+{
+    if (!s->bev || !s->queued)
+        return;
+    TAILQ_REMOVE(&s->q->pending, s, link);
+    s->queued = false;
+    sender_write(s);
 }
 
 int ag_send_queue_init(ag_send_queue *q, struct event_base *base)

@@ -78,7 +78,7 @@ class Soak(GatewayTestCase):
         cfg = base_config([upstream(self.up, pool_idle_timeout_ms=1000)], workers=2, limits={
             "max_header_bytes": 8192, "max_headers": 50, "max_body_bytes": 1048576,
             "header_timeout_ms": 2000, "body_timeout_ms": 2000, "idle_timeout_ms": 2000},
-            log={"level": "warn", "access_log": False})
+            log={"level": "warn", "access_log": True})  # read back on failure: the slowest requests
         env = {"ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=8"}
         self.gw = self.gateway(cfg, env=env)
 

@@ -30,6 +30,18 @@ def make_cert(workdir, cn="127.0.0.1", san="IP:127.0.0.1", name="tls"):
     return crt, key
 
 
+def dechunk(body):
+    """Decodes a chunked body (test helper; trusts the framing)."""
+    out, i = b"", 0
+    while True:
+        eol = body.index(b"\r\n", i)
+        n = int(body[i:eol].split(b";")[0], 16)
+        if n == 0:
+            return out
+        out += body[eol + 2:eol + 2 + n]
+        i = eol + 2 + n + 2
+
+
 def sse_events(body):
     events = []
     for block in body.decode().replace("\r\n", "\n").split("\n\n"):
@@ -103,6 +115,56 @@ class JsonAndStreaming(GatewayTestCase):
         first_with_data = next(t for t, n in arrivals if n >= 2)
         self.assertLess(first_with_data, 1.0, arrivals)
         self.assertGreater(arrivals[-1][0], 1.2, arrivals)
+
+    def open_stream_unread(self, gw):
+        """Connects with a small receive buffer, asks for a stream and returns the socket unread."""
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        s.settimeout(20)
+        s.connect(("127.0.0.1", gw.port))
+        payload = json.dumps(chat_body("go", stream=True)).encode()
+        s.sendall(b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+        return s
+
+    def test_slow_reader_receives_every_event_in_order(self):
+        """A client that stops reading: the gateway's writes go partial, it waits for the socket
+        (and pauses the upstream), and when the client reads again every event arrives, in order."""
+        words = [f"w{i:06d} " for i in range(60000)]  # about 480 KB of text in 3000 events
+        self.up.configure(reply_text="".join(words), chunks=3000)
+        s = self.open_stream_unread(self.gw)
+        try:
+            time.sleep(1.0)  # the slow client: not reading for a second while the stream is produced
+            data = b""
+            while not data.endswith(b"0\r\n\r\n"):
+                chunk = s.recv(65536)
+                self.assertTrue(chunk, "connection closed before the end of the stream")
+                data += chunk
+        finally:
+            s.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head[:200])
+        events = sse_events(dechunk(body))
+        self.assertEqual(events[-1], (None, "[DONE]"))
+        text = "".join(json.loads(d)["choices"][0]["delta"].get("content") or ""
+                       for _, d in events[:-1] if json.loads(d).get("choices"))
+        self.assertEqual(text, "".join(words))
+
+    def test_client_that_never_reads_is_cut_after_send_timeout(self):
+        """A client that never reads a large stream: the send timeout ends the exchange instead of
+        holding the connection and the upstream open."""
+        gw = self.gateway(base_config([upstream(self.up)], limits={"send_timeout_ms": 500}), name="gw-send")
+        # About 10 MB of stream: more than the kernel's socket buffers on both sides can absorb
+        # (tcp_wmem allows a 4 MB send buffer), so the gateway's own writes must stall.
+        words = [f"w{i:06d} " for i in range(500000)]
+        self.up.configure(reply_text="".join(words), chunks=20000)
+        s = self.open_stream_unread(gw)
+        try:
+            line = wait_until(lambda: [l for l in gw.access_lines() if l.get("stream")], timeout=20,
+                              what="the access line of the stuck stream")[-1]
+        finally:
+            s.close()
+        self.assertNotEqual(line["completion"], "complete", line)
 
     def test_embeddings_and_responses_api(self):
         st, h, b = request(self.gw.port, "POST",

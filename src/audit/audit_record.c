@@ -11,6 +11,7 @@
 #include <openssl/evp.h>
 
 #include "aoai_guard/clock.h"
+#include "aoai_guard/headbuf.h"
 #include "aoai_guard/json_strict.h"
 #include "aoai_guard/uuid.h"
 
@@ -538,15 +539,11 @@ static void rb_int(rowbuf *b, const char *key, long long v)
 {
     char tmp[24];
     size_t n = 0;
-    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
-    do {
-        tmp[sizeof tmp - 1 - n++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
     if (v < 0)
-        tmp[sizeof tmp - 1 - n++] = '-';
+        tmp[n++] = '-';
+    n += ag_fmt_u64(tmp + n, v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v);
     rb_key(b, key);
-    rb_put(b, tmp + sizeof tmp - n, n);
+    rb_put(b, tmp, n);
 }
 
 /* A counter that may be unknown (negative): left out then, as add_known. */

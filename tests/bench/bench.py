@@ -924,35 +924,44 @@ def run_bench(ctx):
     return results
 
 
-def stream_latency(ctx):
-    body_file = write_body(ctx, "body-stream-latency.json", STREAM_BODY)
-    direct = Direct(ctx.upstream)
-    gw = AoaiGuard(ctx, cfg_stream(ctx), label="gw-sse")
-    targets = [direct, gw]
+def one_at_a_time(ctx, gw, label, body_file, json_mode):
+    """bench_sse rounds, one request at a time, alternating direct / gw / nginx (order flipping every
+    round); returns {target name: [bench_sse result per round]}. Stops gw (and nginx) at the end."""
+    targets = [Direct(ctx.upstream), gw]
     ngx = None
-    if ctx.nginx:
-        ngx = Nginx(ctx, ctx.upstream, ctx.workers, label="nginx-sse")
-        targets.append(ngx)
-    runs = {t.name: [] for t in targets}
     try:
+        if ctx.nginx:
+            ngx = Nginx(ctx, ctx.upstream, ctx.workers, label=f"nginx-{label}")
+            targets.append(ngx)
+        runs = {t.name: [] for t in targets}
         for rnd in range(ctx.rounds):
             order = targets if rnd % 2 == 0 else list(reversed(targets))
             for t in order:
-                runs[t.name].append(sse_latency(ctx, t, body_file, ctx.sse_count))
-        out = {}
-        for name, rs in runs.items():
-            out[name] = {"ttfb_p50_us": statistics.median(r["ttfb_us"]["p50"] for r in rs),
-                         "ttfb_p99_us": statistics.median(r["ttfb_us"]["p99"] for r in rs),
-                         "ttlb_p50_us": statistics.median(r["ttlb_us"]["p50"] for r in rs),
-                         "ttlb_p99_us": statistics.median(r["ttlb_us"]["p99"] for r in rs),
-                         "requests": sum(r["count"] for r in rs), "errors": sum(r["errors"] for r in rs)}
-            log(f"stream latency {name}: TTFB p50 {out[name]['ttfb_p50_us']:.0f} us, "
-                f"TTLB p50 {out[name]['ttlb_p50_us']:.0f} us")
-        return out
+                runs[t.name].append(sse_latency(ctx, t, body_file, ctx.sse_count, json_mode=json_mode))
+        return runs
     finally:
         if ngx:
             ngx.stop()
         gw.stop()
+
+
+def median_of_rounds(rs, key, pct):
+    return statistics.median(r[key][pct] for r in rs)
+
+
+def stream_latency(ctx):
+    body_file = write_body(ctx, "body-stream-latency.json", STREAM_BODY)
+    runs = one_at_a_time(ctx, AoaiGuard(ctx, cfg_stream(ctx), label="gw-sse"), "sse", body_file, False)
+    out = {}
+    for name, rs in runs.items():
+        out[name] = {"ttfb_p50_us": median_of_rounds(rs, "ttfb_us", "p50"),
+                     "ttfb_p99_us": median_of_rounds(rs, "ttfb_us", "p99"),
+                     "ttlb_p50_us": median_of_rounds(rs, "ttlb_us", "p50"),
+                     "ttlb_p99_us": median_of_rounds(rs, "ttlb_us", "p99"),
+                     "requests": sum(r["count"] for r in rs), "errors": sum(r["errors"] for r in rs)}
+        log(f"stream latency {name}: TTFB p50 {out[name]['ttfb_p50_us']:.0f} us, "
+            f"TTLB p50 {out[name]['ttlb_p50_us']:.0f} us")
+    return out
 
 
 def full_latency(ctx, token):
@@ -961,32 +970,17 @@ def full_latency(ctx, token):
     if not ctx.sse_client:
         return None
     body_file = write_body(ctx, "body-full-latency.json", prompt_body(1024))
-    direct = Direct(ctx.upstream)
     gw = AoaiGuard(ctx, cfg_full(ctx), label="gw-full-latency")
     gw.extra_headers = (("Authorization", f"Bearer {token}"),)
-    targets = [direct, gw]
-    ngx = None
-    if ctx.nginx:
-        ngx = Nginx(ctx, ctx.upstream, ctx.workers, label="nginx-full-latency")
-        targets.append(ngx)
-    runs = {t.name: [] for t in targets}
-    try:
-        for rnd in range(ctx.rounds):
-            order = targets if rnd % 2 == 0 else list(reversed(targets))
-            for t in order:
-                runs[t.name].append(sse_latency(ctx, t, body_file, ctx.sse_count, json_mode=True))
-        out = {}
-        for name, rs in runs.items():
-            out[name] = {"p50_us": statistics.median(r["ttlb_us"]["p50"] for r in rs),
-                         "p90_us": statistics.median(r["ttlb_us"]["p90"] for r in rs),
-                         "p99_us": statistics.median(r["ttlb_us"]["p99"] for r in rs),
-                         "requests": sum(r["count"] for r in rs), "errors": sum(r["errors"] for r in rs)}
-            log(f"full latency {name}: p50 {out[name]['p50_us']:.0f} us, p99 {out[name]['p99_us']:.0f} us")
-        return out
-    finally:
-        if ngx:
-            ngx.stop()
-        gw.stop()
+    runs = one_at_a_time(ctx, gw, "full-latency", body_file, True)
+    out = {}
+    for name, rs in runs.items():
+        out[name] = {"p50_us": median_of_rounds(rs, "ttlb_us", "p50"),
+                     "p90_us": median_of_rounds(rs, "ttlb_us", "p90"),
+                     "p99_us": median_of_rounds(rs, "ttlb_us", "p99"),
+                     "requests": sum(r["count"] for r in rs), "errors": sum(r["errors"] for r in rs)}
+        log(f"full latency {name}: p50 {out[name]['p50_us']:.0f} us, p99 {out[name]['p99_us']:.0f} us")
+    return out
 
 
 def connections_scenario(ctx):

@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
 #include <llhttp.h>
@@ -54,6 +55,11 @@ typedef struct ag_conn {
     bool peer_gone;                    /* EOF or error seen on the socket */
     bool in_input;                     /* conn_process_input is on the stack */
     bool counted;                      /* in the open-connections gauge */
+    /* Our own light reading of chunked framing, alongside llhttp (which accepts any number of
+     * leading zeros in a chunk size): see chunk_scan() in conn.c. */
+    unsigned char ck_state;
+    unsigned ck_digits;
+    uint64_t ck_left;
     ag_conn_drain_fn drain_fn;         /* called when the output drains below the low mark */
     void *drain_arg;
 } ag_conn;

@@ -202,6 +202,87 @@ static int on_chunk_header(llhttp_t *p)
     return 0;
 }
 
+/* Chunk sizes: llhttp checks the framing strictly and the value for overflow, but accepts any
+ * number of leading zeros ("00000000000000000005"). Other proxies stop at 16 hex digits, so such
+ * a size is a framing the two could read differently: refuse it. This scanner follows the chunked
+ * framing of the body bytes llhttp is about to read, only to count each size's digits; llhttp
+ * stays the judge of everything else, and the scanner stops at the end of the body, so it never
+ * reads a pipelined request. */
+enum { CK_OFF, CK_SIZE, CK_LINE, CK_DATA, CK_DATA_END, CK_TRAILER_START, CK_TRAILER_LINE, CK_DONE };
+
+static int hex_value(unsigned char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* The end of a chunk-size line: data follows, or the trailers after the last chunk. */
+static void chunk_size_line_done(ag_conn *c)
+{
+    c->ck_state = c->ck_left ? CK_DATA : CK_TRAILER_START;
+}
+
+/* Follows p[0..n); false when a chunk size has more than 16 hex digits. */
+static bool chunk_scan(ag_conn *c, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n && c->ck_state != CK_DONE; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        switch (c->ck_state) {
+        case CK_SIZE: {
+            int v = hex_value(ch);
+            if (v >= 0) {
+                if (++c->ck_digits > 16)
+                    return false;
+                c->ck_left = (c->ck_left << 4) | (uint64_t)v;
+            } else if (ch == '\n') {
+                chunk_size_line_done(c);
+            } else {
+                c->ck_state = CK_LINE; /* CR, or an extension */
+            }
+            break;
+        }
+        case CK_LINE:
+            if (ch == '\n')
+                chunk_size_line_done(c);
+            break;
+        case CK_DATA: {
+            uint64_t avail = n - i;
+            uint64_t take = avail < c->ck_left ? avail : c->ck_left;
+            i += (size_t)take - 1;
+            c->ck_left -= take;
+            if (c->ck_left == 0)
+                c->ck_state = CK_DATA_END;
+            break;
+        }
+        case CK_DATA_END: /* the CRLF after the data */
+            if (ch == '\n') {
+                c->ck_state = CK_SIZE;
+                c->ck_digits = 0;
+                c->ck_left = 0;
+            }
+            break;
+        case CK_TRAILER_START: /* an empty line ends the body; anything else is a trailer field */
+            if (ch == '\n')
+                c->ck_state = CK_DONE;
+            else if (ch != '\r')
+                c->ck_state = CK_TRAILER_LINE;
+            break;
+        case CK_TRAILER_LINE:
+            if (ch == '\n')
+                c->ck_state = CK_TRAILER_START;
+            break;
+        default:
+            return true;
+        }
+    }
+    return true;
+}
+
 static int on_message_complete(llhttp_t *p)
 {
     ag_conn *c = conn_of(p);
@@ -698,6 +779,10 @@ static void conn_process_input(ag_conn *c)
                 data = v.iov_base;
                 len = v.iov_len;
             }
+            if (c->ck_state != CK_OFF && !chunk_scan(c, data, len)) {
+                conn_reject(c, 400, "InvalidChunk", "A chunk size has more than 16 hex digits.");
+                break;
+            }
             llhttp_errno_t e = llhttp_execute(&c->parser, data, len);
             if (e == HPE_OK) {
                 evbuffer_drain(in, len);
@@ -805,6 +890,9 @@ void ag_conn_read_body(ag_conn *c)
         r->expect_continue = false;
     }
     c->state = AG_CONN_BODY;
+    c->ck_state = (c->parser.flags & F_CHUNKED) ? CK_SIZE : CK_OFF;
+    c->ck_digits = 0;
+    c->ck_left = 0;
     conn_arm_timer(c, c->cfg->limits.body_timeout_ms);
     if (c->in_input)
         return; /* the input loop above us carries on reading */

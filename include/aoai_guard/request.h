@@ -101,7 +101,7 @@ typedef struct ag_request {
     char *body;
     size_t body_len, body_cap;
     cJSON *json;                    /* the strictly-parsed body, when the route takes JSON */
-    char *forward_body;             /* a rewritten body (policy redaction...), else NULL: send body */
+    char *forward_body;             /* a rewritten body printed by cJSON (cJSON_free), else NULL */
     size_t forward_body_len;
 
     ag_route route;

@@ -52,7 +52,7 @@ ag_stage_result ag_policy_stage_inspect(ag_request *r)
     case AG_VERDICT_ALLOW:
         break;
     case AG_VERDICT_MODIFIED:
-        free(r->forward_body);
+        cJSON_free(r->forward_body);
         r->forward_body = res.body; /* take ownership */
         r->forward_body_len = res.body_len;
         res.body = NULL;

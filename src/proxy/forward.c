@@ -938,7 +938,7 @@ ag_stage_result ag_forward_prepare_stage(ag_request *r)
         if (so && cJSON_AddTrueToObject(so, "include_usage")) {
             char *text = cJSON_PrintUnformatted(doc);
             if (text) {
-                free(r->forward_body);
+                cJSON_free(r->forward_body);
                 r->forward_body = text;
                 r->forward_body_len = strlen(text);
                 r->strip_usage = true;

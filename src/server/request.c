@@ -97,7 +97,7 @@ void ag_request_free(ag_request *r)
         free(r->policy_sse);
     }
     cJSON_Delete(r->json);
-    free(r->forward_body);
+    cJSON_free(r->forward_body); /* printed by cJSON (policy rewrite or include_usage) */
     free(r->target);
     free(r->completion_text);
     ag_worker *w = r->worker;

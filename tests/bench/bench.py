@@ -1235,6 +1235,23 @@ def write_results(ctx, res, path):
         f.write("\n".join(L))
 
 
+def print_summary(path):
+    """Prints the headline tables of the results file on stdout: the throughput table, the ratios
+    and the targets (the rest is in the file)."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    out, keep = [], False
+    for line in lines:
+        if line.startswith("## "):
+            keep = line.startswith("## Throughput") or line.startswith("## Targets")
+            if keep:
+                out.append("")
+        if keep and (line.startswith("|") or line.startswith("## ") or line.startswith("Ratios")):
+            out.append(line)
+    print("\n".join(out).strip())
+    print(f"\nEverything else (streaming and added latency, memory, stages, method): {path}")
+
+
 # ------------------------------------------------------------------------------------------ smoke
 
 def python_load(port, duration, threads=8):
@@ -1422,6 +1439,7 @@ def main():
                 with open(a.json, "w") as f:
                     json.dump(res, f, indent=1)
             log(f"results written to {a.results}")
+            print_summary(a.results)
             bad = [k for k, s in res["scenarios"].items() if isinstance(s, dict)
                    and any(isinstance(v, dict) and v.get("errors") for v in s.values())]
             if bad:

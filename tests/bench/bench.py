@@ -381,7 +381,26 @@ class AoaiGuard(Target):
         return rc
 
 
-class Nginx(Target):
+class ProcTarget(Target):
+    """A baseline proxy run as our own child process (self.proc): up when it answers 200."""
+    stop_signal = signal.SIGTERM
+
+    def _up(self):
+        if not self.proc.alive():
+            raise BenchError(f"{self.name} exited: {self.proc.stderr()[-1500:]}")
+        try:
+            return self.check()[0] == 200
+        except OSError:
+            return False
+
+    def pids(self):
+        return [self.proc.pid] + children_of(self.proc.pid)
+
+    def stop(self):
+        return self.proc.stop(self.stop_signal)
+
+
+class Nginx(ProcTarget):
     """nginx from Debian, own instance: generated config in a temp prefix, daemon off, pid/error log there."""
     name = "nginx"
 
@@ -437,22 +456,10 @@ http {{
         self.proc = Proc(ctx, label, [ctx.nginx, "-p", p + "/", "-c", conf, "-e", f"{p}/error.log"])
         wait_until(lambda: self._up(), 20, "nginx to answer")
 
-    def _up(self):
-        if not self.proc.alive():
-            raise BenchError(f"nginx exited: {self.proc.stderr()[-1500:]}")
-        try:
-            return self.check()[0] == 200
-        except OSError:
-            return False
-
-    def pids(self):
-        return [self.proc.pid] + children_of(self.proc.pid)
-
-    def stop(self):
-        return self.proc.stop(signal.SIGQUIT)
+    stop_signal = signal.SIGQUIT
 
 
-class HAProxy(Target):
+class HAProxy(ProcTarget):
     """HAProxy from Debian, own instance in the foreground (-db), nbthread = workers."""
     name = "haproxy"
 
@@ -484,19 +491,7 @@ backend be
         self.proc = Proc(ctx, label, [ctx.haproxy, "-db", "-f", conf])
         wait_until(lambda: self._up(), 20, "haproxy to answer")
 
-    def _up(self):
-        if not self.proc.alive():
-            raise BenchError(f"haproxy exited: {self.proc.stderr()[-1500:]}")
-        try:
-            return self.check()[0] == 200
-        except OSError:
-            return False
-
-    def pids(self):
-        return [self.proc.pid] + children_of(self.proc.pid)
-
-    def stop(self):
-        return self.proc.stop(signal.SIGUSR1)
+    stop_signal = signal.SIGUSR1
 
 
 # ------------------------------------------------------------------------------------------ scenarios

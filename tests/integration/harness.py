@@ -22,6 +22,20 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime
                      "ThreadSanitizer:", "==ERROR")
 
 
+def rss_kib(pid):
+    """The process's resident set size (VmRSS), KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def fd_count(pid):
+    """Open descriptors of the process."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def wait_until(pred, timeout=10.0, interval=0.02, what="condition"):
     """Polls pred() until it returns a truthy value or the deadline passes (then fails)."""
     deadline = time.monotonic() + timeout

@@ -17,7 +17,7 @@ import threading
 import time
 import unittest
 
-from harness import (CHAT, FakeAOAI, Gateway, SANITIZER_MARKERS, base_config, chat_body,
+from harness import (CHAT, FakeAOAI, Gateway, SANITIZER_MARKERS, base_config, chat_body, fd_count, rss_kib,
                      parse_responses, request, upstream, wait_until)
 
 CH = CHAT.encode()
@@ -41,18 +41,6 @@ TE = b"Transfer-Encoding: chunked\r\n"
 
 def chunked(body):
     return b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def is_asan(pid):

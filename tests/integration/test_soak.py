@@ -26,23 +26,12 @@ import threading
 import time
 import unittest
 
-from harness import CHAT, GatewayTestCase, base_config, chat_body, request, upstream, wait_until
+from harness import (CHAT, GatewayTestCase, base_config, chat_body, fd_count, request, rss_kib, upstream,
+                     wait_until)
 
 SOAK_SECONDS = float(os.environ.get("AG_SOAK_SECONDS", "60"))
 WARMUP_SECONDS = 5.0
 THREADS = 6
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def post(body, extra=b"", framing=None):

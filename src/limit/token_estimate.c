@@ -102,6 +102,32 @@ static cp_class classify(long cp)
     return CC_SYMBOL;
 }
 
+/* classify() of every ASCII code point, looked up instead of computed on the hot path. */
+#define Y_ CC_SYMBOL
+#define S_ CC_SPACE
+#define N_ CC_NEWLINE
+#define P_ CC_PUNCT
+#define D_ CC_DIGIT
+#define U_ CC_UPPER
+#define L_ CC_LOWER
+static const unsigned char ascii_class[128] = {
+    Y_, Y_, Y_, Y_, Y_, Y_, Y_, Y_, Y_, S_, N_, N_, N_, N_, Y_, Y_, /* 0x00: \t \n \v \f \r */
+    Y_, Y_, Y_, Y_, Y_, Y_, Y_, Y_, Y_, Y_, Y_, Y_, Y_, Y_, Y_, Y_, /* 0x10 */
+    S_, P_, P_, P_, P_, P_, P_, P_, P_, P_, P_, P_, P_, P_, P_, P_, /* 0x20: space, !"#$%&'()*+,-./ */
+    D_, D_, D_, D_, D_, D_, D_, D_, D_, D_, P_, P_, P_, P_, P_, P_, /* 0x30: 0-9 :;<=>? */
+    P_, U_, U_, U_, U_, U_, U_, U_, U_, U_, U_, U_, U_, U_, U_, U_, /* 0x40: @ A-O */
+    U_, U_, U_, U_, U_, U_, U_, U_, U_, U_, U_, P_, P_, P_, P_, P_, /* 0x50: P-Z [\]^_ */
+    P_, L_, L_, L_, L_, L_, L_, L_, L_, L_, L_, L_, L_, L_, L_, L_, /* 0x60: ` a-o */
+    L_, L_, L_, L_, L_, L_, L_, L_, L_, L_, L_, P_, P_, P_, P_, Y_, /* 0x70: p-z {|}~ DEL */
+};
+#undef Y_
+#undef S_
+#undef N_
+#undef P_
+#undef D_
+#undef U_
+#undef L_
+
 static bool is_letter(cp_class c)
 {
     return c == CC_LOWER || c == CC_UPPER || c == CC_XLATIN || c == CC_SCRIPT;
@@ -125,20 +151,22 @@ typedef struct scan {
     size_t i;
 } scan;
 
-static cp_class peek(const scan *sc, long *cp, int *n)
+/* The class of the code point at the cursor and its length in bytes, packed in one word so the
+ * scanning loops keep both in registers: class in the low 4 bits, length above. */
+#define PK(c, n) ((unsigned)(c) | ((unsigned)(n) << 4))
+#define PK_CLASS(p) ((cp_class)((p) & 15u))
+#define PK_LEN(p) ((size_t)((p) >> 4))
+
+static inline unsigned peek(const scan *sc)
 {
-    if (sc->i >= sc->len) {
-        *n = 0;
-        return CC_END;
-    }
+    if (sc->i >= sc->len)
+        return PK(CC_END, 0);
     unsigned char b = sc->s[sc->i];
-    if (b < 0x80) { /* ASCII: no decoding */
-        *cp = b;
-        *n = 1;
-        return classify(b);
-    }
-    *n = decode(sc->s, sc->len, sc->i, cp);
-    return classify(*cp);
+    if (b < 0x80) /* ASCII: no decoding, a table lookup */
+        return PK(ascii_class[b], 1);
+    long cp;
+    int n = decode(sc->s, sc->len, sc->i, &cp);
+    return PK(classify(cp), n);
 }
 
 /* Prices a run of letters: ASCII letters split at case changes (camelCase, HTTPServer). */
@@ -148,9 +176,8 @@ static long long word_cost(scan *sc)
     size_t piece = 0, script = 0, xlatin = 0;
     cp_class prev = CC_END;
     for (;;) {
-        long cp;
-        int n;
-        cp_class c = peek(sc, &cp, &n);
+        unsigned pk = peek(sc);
+        cp_class c = PK_CLASS(pk);
         if (!is_letter(c))
             break;
         if (c == CC_SCRIPT) {
@@ -172,7 +199,7 @@ static long long word_cost(scan *sc)
             piece++;
         }
         prev = c;
-        sc->i += (size_t)n;
+        sc->i += PK_LEN(pk);
         if (c == CC_LOWER) {
             /* More lower-case ASCII letters only lengthen the piece: take the run at once. */
             size_t i = sc->i;
@@ -197,9 +224,8 @@ long long ag_tokens_text(const char *text, size_t len)
     long long cost = 0; /* hundredths */
     bool after_punct = false;
     while (sc.i < sc.len) {
-        long cp;
-        int n;
-        cp_class c = peek(&sc, &cp, &n);
+        unsigned pk = peek(&sc);
+        cp_class c = PK_CLASS(pk);
         if (is_letter(c)) {
             cost += word_cost(&sc);
             after_punct = false;
@@ -208,9 +234,9 @@ long long ag_tokens_text(const char *text, size_t len)
         switch (c) {
         case CC_DIGIT: {
             size_t run = 0;
-            while (peek(&sc, &cp, &n) == CC_DIGIT) {
+            while (PK_CLASS(pk = peek(&sc)) == CC_DIGIT) {
                 run++;
-                sc.i += (size_t)n;
+                sc.i += PK_LEN(pk);
             }
             cost += (long long)((run + 2) / 3) * W_DIGITS;
             after_punct = false;
@@ -224,14 +250,14 @@ long long ag_tokens_text(const char *text, size_t len)
             size_t spaces = 0;
             bool newline = false;
             cp_class k;
-            while ((k = peek(&sc, &cp, &n)) == CC_SPACE || k == CC_NEWLINE) {
+            while ((k = PK_CLASS(pk = peek(&sc))) == CC_SPACE || k == CC_NEWLINE) {
                 if (k == CC_NEWLINE) {
                     newline = true;
                     spaces = 0;
                 } else {
                     spaces++;
                 }
-                sc.i += (size_t)n;
+                sc.i += PK_LEN(pk);
             }
             if (newline && !after_punct)
                 cost += W_NEWLINE;
@@ -244,9 +270,9 @@ long long ag_tokens_text(const char *text, size_t len)
         case CC_PUNCT: {
             size_t run = 0;
             cp_class k;
-            while ((k = peek(&sc, &cp, &n)) == CC_PUNCT) {
+            while ((k = PK_CLASS(pk = peek(&sc))) == CC_PUNCT) {
                 run++;
-                sc.i += (size_t)n;
+                sc.i += PK_LEN(pk);
             }
             if (is_letter(k))
                 run--; /* the mark right before a word is part of the word's piece */
@@ -257,17 +283,17 @@ long long ag_tokens_text(const char *text, size_t len)
         }
         case CC_CJK:
             cost += W_CJK;
-            sc.i += (size_t)n;
+            sc.i += PK_LEN(pk);
             after_punct = false;
             break;
         case CC_INVALID:
             cost += W_INVALID;
-            sc.i += (size_t)n;
+            sc.i += PK_LEN(pk);
             after_punct = false;
             break;
         default:
             cost += W_SYMBOL;
-            sc.i += (size_t)n;
+            sc.i += PK_LEN(pk);
             after_punct = false;
             break;
         }

@@ -23,6 +23,7 @@
 
 #include "aoai_guard/config.h"
 #include "aoai_guard/identity.h"
+#include "aoai_guard/json_arena.h"
 #include "aoai_guard/policy.h"
 #include "aoai_guard/policy_stream.h"
 #include "aoai_guard/ratelimit_config.h"
@@ -101,6 +102,7 @@ typedef struct ag_request {
     char *body;
     size_t body_len, body_cap;
     cJSON *json;                    /* the strictly-parsed body, when the route takes JSON */
+    ag_json_arena json_arena;       /* nodes of json and of a held response (json_arena.h) */
     char *forward_body;             /* a rewritten body printed by cJSON (cJSON_free), else NULL */
     size_t forward_body_len;
 

@@ -251,8 +251,13 @@ static int expand_tree(cJSON *node, const char *path, ag_conf_err *err)
             char *v = expand_one(c->valuestring, p, err);
             if (!v)
                 return -1;
-            free(c->valuestring);
-            c->valuestring = v;
+            /* cJSON owns its strings (json_arena.h): it copies v in, we free ours */
+            bool ok = cJSON_SetValuestring(c, v) != NULL;
+            free(v);
+            if (!ok) {
+                ag_conf_fail(err, p, NULL, "out of memory");
+                return -1;
+            }
         } else if (cJSON_IsObject(c) || cJSON_IsArray(c)) {
             if (expand_tree(c, p, err) != 0)
                 return -1;

@@ -609,7 +609,12 @@ static void ex_finish(ag_exchange *ex)
     if (r->policy_sse)
         ag_policy_sse_decisions(r->policy_sse, &r->policy_decisions);
     /* A response held for the response policy is parsed once, for the policy and for usage. */
-    cJSON *doc = r->resp_buffered && r->resp_json ? cJSON_ParseWithLength(r->resp_json, r->resp_json_len) : NULL;
+    cJSON *doc = NULL;
+    if (r->resp_buffered && r->resp_json) {
+        ag_json_arena_enter(&r->json_arena); /* deleted below, in ex_send_buffered */
+        doc = cJSON_ParseWithLength(r->resp_json, r->resp_json_len);
+        ag_json_arena_leave();
+    }
     if (ex->is_json && r->resp_json && !r->resp_json_overflow) {
         if (doc)
             ag_usage_from_json_tree(r, doc);

@@ -69,7 +69,9 @@ static ag_stage_result stage_parse_body(ag_request *r)
     static const ag_json_limits limits = {.max_depth = 64, .max_nodes = 500000};
     ag_json_status st;
     size_t off;
+    ag_json_arena_enter(&r->json_arena);
     r->json = ag_json_parse_strict(r->body, r->body_len, &limits, &st, &off);
+    ag_json_arena_leave();
     if (!r->json) {
         char msg[160];
         snprintf(msg, sizeof msg, "The request body is not acceptable JSON: %s at byte %zu.",

@@ -40,7 +40,9 @@ ag_request *ag_request_new(struct ag_conn *c)
         size_t body_cap = r->body_cap, hbuf_cap = r->hbuf_cap, resp_json_cap = r->resp_json_cap;
         ag_header *headers = r->headers;
         size_t headers_cap = r->headers_cap;
+        ag_json_arena arena = r->json_arena;
         memset(r, 0, sizeof *r);
+        r->json_arena = arena;
         r->body = body;
         r->body_cap = body_cap;
         r->hbuf = hbuf;
@@ -78,6 +80,7 @@ static void free_request_memory(ag_request *r)
     free(r->hbuf);
     free(r->resp_json);
     free(r->headers);
+    ag_json_arena_free(&r->json_arena);
     free(r);
 }
 
@@ -97,6 +100,8 @@ void ag_request_free(ag_request *r)
         free(r->policy_sse);
     }
     cJSON_Delete(r->json);
+    r->json = NULL;
+    ag_json_arena_reset(&r->json_arena); /* no tree from it is left */
     cJSON_free(r->forward_body); /* printed by cJSON (policy rewrite or include_usage) */
     free(r->target);
     free(r->completion_text);

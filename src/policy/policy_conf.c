@@ -39,7 +39,13 @@ static const char *const tokens_action_names[] = {"clamp", "reject", NULL};
 typedef struct lit_branch {
     char cur[MAX_LITERAL + 1], best[MAX_LITERAL + 1];
     size_t curlen, bestlen;
+    /* a required group's alternatives, each with its own literal: "(?:INC|CHG)\d{7}" */
+    char set[MAX_ALTS][MAX_LITERAL + 1];
+    size_t nset, set_min; /* set_min: the shortest of them */
 } lit_branch;
+
+#define MAX_GROUP_DEPTH 3    /* groups inside groups followed this deep */
+#define MAX_GROUP_PATTERN 512
 
 static void lit_flush(lit_branch *b)
 {
@@ -130,10 +136,51 @@ static size_t skip_class(const char *p)
     return p[i] == ']' ? i + 1 : 0;
 }
 
-/* Extracts, for each top-level alternative of pat, the longest literal every match must contain
- * (lower-cased). Returns the number of alternatives, or 0 when any alternative has no literal of
- * at least MIN_PREFILTER_LEN bytes or the pattern uses syntax this reader does not follow. */
+static size_t extract_literals_at(const char *pat, char out[][MAX_LITERAL + 1], size_t max, int depth);
+
+/* A group pat[open..close] (close at its ')') that every match passes through: when it is plain
+ * ("(", "(?:" or atomic "(?>") and each of its alternatives has a literal, those literals become
+ * the branch's set if their shortest is longer than the set it had. Lookarounds, named and
+ * branch-reset groups are left alone (no literal taken from them, which is always safe). */
+static void lit_group(lit_branch *b, const char *pat, size_t open, size_t close, int depth)
+{
+    size_t start = open + 1;
+    if (pat[start] == '?') {
+        if (pat[start + 1] != ':' && pat[start + 1] != '>')
+            return;
+        start += 2;
+    }
+    if (depth >= MAX_GROUP_DEPTH || close <= start || close - start >= MAX_GROUP_PATTERN)
+        return;
+    char sub[MAX_GROUP_PATTERN];
+    memcpy(sub, pat + start, close - start);
+    sub[close - start] = '\0';
+    char alts[MAX_ALTS][MAX_LITERAL + 1];
+    size_t n = extract_literals_at(sub, alts, MAX_ALTS, depth + 1);
+    if (n == 0)
+        return;
+    size_t shortest = MAX_LITERAL + 1;
+    for (size_t k = 0; k < n; k++)
+        if (strlen(alts[k]) < shortest)
+            shortest = strlen(alts[k]);
+    if (shortest <= b->set_min)
+        return;
+    memcpy(b->set, alts, sizeof alts[0] * n);
+    b->nset = n;
+    b->set_min = shortest;
+}
+
+/* Extracts, for each top-level alternative of pat, the literals every match of it must contain
+ * one of (lower-cased): its longest literal run, or the alternatives of a required group when
+ * their shortest is longer. Returns how many literals it wrote, or 0 when an alternative has none
+ * of at least MIN_PREFILTER_LEN bytes, there are more than max, or the pattern uses syntax this
+ * reader does not follow. */
 static size_t extract_literals(const char *pat, char out[][MAX_LITERAL + 1], size_t max)
+{
+    return extract_literals_at(pat, out, max, 0);
+}
+
+static size_t extract_literals_at(const char *pat, char out[][MAX_LITERAL + 1], size_t max, int depth)
 {
     if (strstr(pat, "\\Q"))
         return 0;
@@ -146,7 +193,7 @@ static size_t extract_literals(const char *pat, char out[][MAX_LITERAL + 1], siz
         }
     }
     lit_branch b;
-    memset(&b, 0, sizeof b);
+    b.curlen = b.bestlen = b.nset = b.set_min = 0;
     size_t nalts = 0, i = 0;
     /* leading inline options "(?i)" */
     if (pat[0] == '(' && pat[1] == '?') {
@@ -162,12 +209,21 @@ static size_t extract_literals(const char *pat, char out[][MAX_LITERAL + 1], siz
         bool zero;
         if (c == '\0' || c == '|') {
             lit_flush(&b);
-            if (b.bestlen < MIN_PREFILTER_LEN || nalts == max)
+            if (b.bestlen >= MIN_PREFILTER_LEN && b.bestlen >= b.set_min) {
+                if (nalts == max)
+                    return 0;
+                memcpy(out[nalts], b.best, b.bestlen);
+                out[nalts][b.bestlen] = '\0';
+                nalts++;
+            } else if (b.nset > 0 && b.set_min >= MIN_PREFILTER_LEN) {
+                if (max - nalts < b.nset)
+                    return 0;
+                memcpy(out[nalts], b.set, sizeof b.set[0] * b.nset);
+                nalts += b.nset;
+            } else {
                 return 0;
-            memcpy(out[nalts], b.best, b.bestlen);
-            out[nalts][b.bestlen] = '\0';
-            nalts++;
-            memset(&b, 0, sizeof b);
+            }
+            b.curlen = b.bestlen = b.nset = b.set_min = 0;
             if (c == '\0')
                 break;
             i++;
@@ -223,9 +279,10 @@ static size_t extract_literals(const char *pat, char out[][MAX_LITERAL + 1], siz
         }
         if (c == '(') {
             lit_flush(&b);
-            int depth = 1;
+            size_t open = i;
+            int nest = 1;
             i++;
-            while (depth > 0) {
+            while (nest > 0) {
                 if (pat[i] == '\0')
                     return 0;
                 if (pat[i] == '\\' && pat[i + 1]) {
@@ -237,13 +294,16 @@ static size_t extract_literals(const char *pat, char out[][MAX_LITERAL + 1], siz
                     i += k;
                 } else {
                     if (pat[i] == '(')
-                        depth++;
+                        nest++;
                     else if (pat[i] == ')')
-                        depth--;
+                        nest--;
                     i++;
                 }
             }
+            size_t close = i - 1; /* its ')' */
             i += quant_at(pat + i, &zero);
+            if (!zero) /* the group is required: its alternatives' literals may serve */
+                lit_group(&b, pat, open, close, depth);
             continue;
         }
         if (c == '[') {

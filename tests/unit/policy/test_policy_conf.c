@@ -6,6 +6,7 @@
 #include "aoai_guard/json_strict.h"
 #include "aoai_guard/policy.h"
 #include "check.h"
+#include "policy/policy_int.h"
 
 static char last_err[AG_CONF_ERR_LEN];
 
@@ -196,8 +197,45 @@ static void test_errors(void)
     FAILS("{\"constraints\":[{\"nmae\":\"x\"}]}", "policy.constraints[0].nmae: unknown key");
 }
 
+/* Which regex rules get a literal prefilter derived from their pattern (so the regex runs only
+ * when one of the literals occurs). Correctness of the literals is test_policy_request's job. */
+static void test_derived_prefilters(void)
+{
+    static const struct { const char *re; bool prefiltered; } cases[] = {
+        {"\\\\bEMP-\\\\d{6}\\\\b", true},                      /* a run: "emp-" */
+        {"\\\\b(?:INC|CHG|PRB|RITM)\\\\d{7}\\\\b", true},      /* a required group */
+        {"_(?:KEY|TOKEN|SECRET)\\\\s*=", true},                /* group beats the 1-byte run */
+        {"(?:ab(?:cde|fgh)|ijk)lm", true},                     /* nested groups */
+        {"(?:alpha|beta)?\\\\d{4}", false},                    /* optional group */
+        {"(?:alpha|beta)*\\\\d{4}", false},
+        {"(?:alpha|be)\\\\d{4}", false},                       /* an alternative too short */
+        {"(?=alpha|beta)\\\\w+", false},                       /* lookahead: not followed */
+        {"(?<g>alpha|beta)\\\\d", false},                      /* named group: not followed */
+        {"\\\\bSK[0-9a-f]{32}\\\\b", false},                   /* 2 bytes: too short */
+        {"\\\\b[A-HJ-NPR-Z0-9]{17}\\\\b", false},
+        {"(?:(?:(?:(?:deep|deeper))))x", false},               /* nested past the depth bound */
+        {NULL, false}};
+    for (size_t k = 0; cases[k].re; k++) {
+        char js[256];
+        snprintf(js, sizeof js, "{\"rules\":[{\"name\":\"r\",\"regex\":\"%s\",\"action\":\"flag\"}]}",
+                 cases[k].re);
+        ag_policy *pol = load(js);
+        CHECK(pol != NULL);
+        if (!pol)
+            continue;
+        if (pol->rules[0].prefiltered != cases[k].prefiltered) {
+            check_failures++;
+            fprintf(stderr, "%s:%d: /%s/ prefiltered %d, expected %d\n", __FILE__, __LINE__, cases[k].re,
+                    pol->rules[0].prefiltered, cases[k].prefiltered);
+        }
+        check_count++;
+        ag_policy_free(pol);
+    }
+}
+
 int main(void)
 {
+    test_derived_prefilters();
     test_enterprise_file();
     test_defaults();
     test_errors();

@@ -199,6 +199,24 @@ static void test_prefilter_correctness(void)
         {"(?:alpha|beta)gamma", false, "betagamma", true},
         {"proj-\\\\d{4}", false, "PROJ-1234", false},
         {"proj-\\\\d{4}", true, "PROJ-1234", true},
+        /* required groups: each alternative's literal serves as the rule's prefilter */
+        {"\\\\b(?:INC|CHG|RITM)\\\\d{3}\\\\b", false, "see CHG123 now", true},
+        {"\\\\b(?:INC|CHG|RITM)\\\\d{3}\\\\b", false, "see RITM123 now", true},
+        {"\\\\b(?:INC|CHG|RITM)\\\\d{3}\\\\b", false, "see PRB123 now", false},
+        {"(?:inc|chg)\\\\d", true, "Chg7", true},
+        {"(?:abc|de)fgh", false, "defgh", true},
+        {"(?:abcd|bcde)?xyz", false, "xyz", true},
+        {"(?:abcd|bcde){0,2}xyz", false, "q xyz", true},
+        {"q(?:abcd|bcde)*", false, "q", true},
+        {"(?:ab(?:cde|fgh)|ijk)lm", false, "zzabfghlm", true},
+        {"(?:ab(?:cde|fgh)|ijk)lm", false, "zzijklm", true},
+        {"(?:ab(?:cde|f)|ijk)lm", false, "zzabflm", true},
+        {"x(?:left|right)+y", false, "xrightlefty", true},
+        {"(?>abcx|abdx)y", false, "abdxy", true},
+        {"(abc|xyz)-\\\\1", false, "xyz-xyz", true},
+        {"(?=abc)(?:ab|zz)", false, "zz", false},
+        {"_(?:KEY|TOKEN)\\\\s*=", false, "API_TOKEN =", true},
+        {"(?:DOB|date of birth):", true, "Date Of Birth:", true},
         {NULL, false, NULL, false}};
     ag_identity id = ident("t", "a", "");
     ag_policy_call call = chat_call(&id, "d");
@@ -230,7 +248,7 @@ static void test_prefilter_property(void)
 {
     static const char *const tok[] = {
         "a", "b", "c", "ab", "abc", "bca", "?", "*", "+", "{0,2}", "{2}", "{1,}", "|", "(", ")",
-        "(?:", "[ab]", "[^c]", ".", "\\.", "\\d", "\\b", "\\s", " ", "\\x61", "(?=a)",
+        "(?:", "(?>", "abca", "cab", "[ab]", "[^c]", ".", "\\.", "\\d", "\\b", "\\s", " ", "\\x61", "(?=a)",
         "(?i)", "A", "B", "x{0}", "\\Qab|c\\E", "\\x{61}", "[a-c]{2}", "(?i:ab)", "{", "}",
         "(a)\\1", "\\0141", "(?x)a b", "[]a]", "a++", "ab??", "(?<n>ab)\\k<n>", "\\{"};
     const size_t ntok = sizeof tok / sizeof tok[0];
@@ -240,7 +258,7 @@ static void test_prefilter_property(void)
     pcre2_match_data *md = pcre2_match_data_create(1, NULL);
     ag_policy_call call = {NULL, "d", "completions"};
     int tested = 0, mismatches = 0;
-    for (int it = 0; it < 1500; it++) {
+    for (int it = 0; it < 4000; it++) {
         char pat[256] = "", esc[520], js[700], text[16];
         int k = 1 + (int)((seed = seed * 1103515245u + 12345u) >> 8) % 8;
         for (int j = 0; j < k; j++)

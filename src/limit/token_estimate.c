@@ -244,6 +244,13 @@ long long ag_tokens_text(const char *text, size_t len)
         }
         case CC_SPACE:
         case CC_NEWLINE: {
+            if (sc.s[sc.i] == ' ' && sc.i + 1 < sc.len && sc.s[sc.i + 1] < 0x80 &&
+                (ascii_class[sc.s[sc.i + 1]] == CC_LOWER || ascii_class[sc.s[sc.i + 1]] == CC_UPPER)) {
+                /* The common case, one space before an ASCII word: it attaches to the word. */
+                sc.i++;
+                after_punct = false;
+                break;
+            }
             /* A whitespace run: line breaks cost one token unless punctuation just absorbed them;
              * spaces after the last line break cost one token when there are two or more, and a
              * single space in front of a word or punctuation attaches to it. */

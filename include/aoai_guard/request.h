@@ -108,6 +108,7 @@ typedef struct ag_request {
 
     ag_route route;
     ag_identity identity;
+    bool identity_written;          /* authentication filled identity: reuse clears all of it */
 
     /* pipeline */
     int stage;                      /* index of the stage to run next */

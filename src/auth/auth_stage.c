@@ -150,6 +150,7 @@ ag_stage_result ag_auth_stage_authenticate(ag_request *r)
     if (r->h_api_key >= 0)
         in.api_key = ag_request_header_value(r, r->h_api_key, &in.api_key_len);
     ag_auth_result res;
+    r->identity_written = true;
     ag_auth_code code = ag_auth_authenticate(ac, w->token_cache, w->keys, &in, (long long)time(NULL),
                                              &r->identity, &res);
     if (code == AG_AUTH_OK)

@@ -37,6 +37,11 @@ cJSON *ag_json_parse_strict(const char *buf, size_t len, const ag_json_limits *l
 /* A short human-readable reason for a status ("duplicate key", ...). */
 const char *ag_json_status_str(ag_json_status status);
 
+/* Length of the longest prefix of s[0..len) that a JSON string holds as it is: no '"', no '\\', no
+ * byte below 0x20. Eight bytes at a time; the scanners of strings (strict parse, audit escaping)
+ * use it to skip ordinary text. */
+size_t ag_json_plain_prefix(const char *s, size_t len);
+
 /* Checks that s[0..len) is well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF).
  * Returns len when valid, else the offset of the first bad byte. */
 size_t ag_utf8_valid_prefix(const unsigned char *s, size_t len);

@@ -13,6 +13,7 @@
 #include "aoai_guard/clock.h"
 #include "aoai_guard/headbuf.h"
 #include "aoai_guard/json_strict.h"
+#include "aoai_guard/json_strict.h"
 #include "aoai_guard/uuid.h"
 
 #ifndef AG_VERSION
@@ -176,6 +177,11 @@ size_t ag_audit_escaped_len(const char *s, size_t n)
 {
     size_t out = 0;
     for (size_t i = 0; i < n; i++) {
+        size_t plain = ag_json_plain_prefix(s + i, n - i);
+        out += plain;
+        i += plain;
+        if (i >= n)
+            break;
         unsigned char c = (unsigned char)s[i];
         if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t')
             out += 2;
@@ -452,17 +458,7 @@ static void rb_escape(rowbuf *b, const char *s, size_t n)
     char *o = b->p + b->len;
     size_t run = 0;
     for (size_t i = 0; i < n; i++) {
-        /* Eight bytes at a time while none is a control character, '"' or '\\' (SWAR). */
-        while (i + 8 <= n) {
-            uint64_t w;
-            memcpy(&w, s + i, 8);
-            const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-            uint64_t q = w ^ (ones * '"'), bs = w ^ (ones * '\\');
-            uint64_t special = ((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((bs - ones) & ~bs);
-            if (special & highs)
-                break;
-            i += 8;
-        }
+        i += ag_json_plain_prefix(s + i, n - i); /* ordinary text, eight bytes at a time */
         if (i >= n)
             break;
         unsigned char c = (unsigned char)s[i];

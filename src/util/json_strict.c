@@ -25,6 +25,30 @@ const char *ag_json_status_str(ag_json_status status)
     return "unknown";
 }
 
+size_t ag_json_plain_prefix(const char *s, size_t len)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    size_t i = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    while (i + 8 <= len) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        uint64_t q = w ^ (ones * '"'), bs = w ^ (ones * '\\');
+        /* the high bit of each byte that is < 0x20, '"' or '\\' (bytes >= 0x80 never are) */
+        uint64_t special = (((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((bs - ones) & ~bs)) & highs;
+        if (special) /* the lowest marked byte is a real one: borrows only run upwards */
+            return i + (size_t)(__builtin_ctzll(special) >> 3);
+        i += 8;
+    }
+#else
+    (void)ones;
+    (void)highs;
+#endif
+    while (i < len && (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\')
+        i++;
+    return i;
+}
+
 size_t ag_utf8_valid_prefix(const unsigned char *s, size_t len)
 {
     size_t i = 0;
@@ -127,6 +151,11 @@ static ag_json_status prescan(const char *buf, size_t len, const ag_json_limits 
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)buf[i];
         if (in_string) {
+            size_t plain = ag_json_plain_prefix(buf + i, len - i);
+            if (plain) {
+                i += plain - 1; /* the loop steps past the last plain byte */
+                continue;
+            }
             if (c == '"') {
                 in_string = false;
             } else if (c == '\\') {

@@ -1,5 +1,6 @@
 /* ag_utf8_valid_prefix: its eight-bytes-at-a-time ASCII path must agree with a plain byte-by-byte
- * reading of RFC 3629 on every input; and the boundaries it must reject. */
+ * reading of RFC 3629 on every input; and the boundaries it must reject. ag_json_plain_prefix:
+ * its eight-bytes-at-a-time scan agrees with a byte loop. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,5 +82,26 @@ int main(void)
             diffs++;
     }
     CHECK_INT(diffs, 0);
+
+    /* ag_json_plain_prefix against a byte loop: random bytes biased towards the ones that matter
+     * ('"', '\\', controls, 0x7F, high bytes next to them), every length and alignment. */
+    static const unsigned char special[] = {'"', '\\', 0x00, 0x1F, 0x20, 0x21, 0x5B, 0x5D, 0x7F, 0x80,
+                                            0x9F, 0xA2, 0xDC, 0xFF, 0x01, '\n'};
+    diffs = 0;
+    for (int iter = 0; iter < 200000; iter++) {
+        size_t len = rnd(40);
+        for (size_t k = 0; k < len + 8; k++)
+            buf[k] = rnd(10) == 0 ? special[rnd(sizeof special)] : (unsigned char)('a' + rnd(26));
+        size_t off = rnd(8);
+        size_t want = 0;
+        while (want < len && buf[off + want] >= 0x20 && buf[off + want] != '"' && buf[off + want] != '\\')
+            want++;
+        if (ag_json_plain_prefix((const char *)buf + off, len) != want)
+            diffs++;
+    }
+    CHECK_INT(diffs, 0);
+    CHECK_INT(ag_json_plain_prefix("abcdefghijklmnop\"", 17), 16);
+    CHECK_INT(ag_json_plain_prefix("\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80" "xyz", 12), 12);
+    CHECK_INT(ag_json_plain_prefix("abc\x01" "defghijklm", 13), 3);
     return CHECK_DONE();
 }

@@ -100,6 +100,8 @@ static void note_error(sink_rt *s, const char *what)
         ag_log(AG_LOG_ERROR, NULL, "audit sink %s: %s: %s", s->conf->name, what, strerror(errno));
 }
 
+static void update_state(ag_audit *a);
+
 static void spool_put(ag_audit *a, sink_rt *s, const char *json, size_t len)
 {
     uint64_t need = len + AG_SPOOL_HEADER;
@@ -131,11 +133,7 @@ static void spool_put(ag_audit *a, sink_rt *s, const char *json, size_t len)
         return;
     }
     s->failed_until_ms = 0;
-    long long total = 0;
-    for (size_t i = 0; i < a->nsinks; i++)
-        if (a->sinks[i].spool)
-            total += (long long)ag_spool_pending_bytes(a->sinks[i].spool);
-    atomic_store(&a->ctr.spool_bytes, total);
+    update_state(a); /* a spool now over its cap refuses admissions before its bytes show */
     atomic_fetch_add(&a->ctr.rows_spooled, 1);
 }
 
@@ -187,11 +185,13 @@ static void update_state(ag_audit *a)
         if (s->over || (s->failed_until_ms && now_ms() < s->failed_until_ms))
             full = true;
     }
-    atomic_store(&a->ctr.spool_bytes, total);
+    /* The state first, then the gauge: whoever sees the bytes sees the refusal they caused. */
     bool was = atomic_load(&a->full);
     bool now = full && a->cfg.on_full == AG_AUDIT_ON_FULL_REJECT;
-    if (now != was) {
+    if (now != was)
         atomic_store(&a->full, now);
+    atomic_store(&a->ctr.spool_bytes, total);
+    if (now != was) {
         if (now)
             ag_log(AG_LOG_ERROR, NULL, "audit: trail full or failing (spool %lld bytes); refusing new requests "
                                        "(on_full = reject)", total);

@@ -37,6 +37,7 @@ typedef struct ag_conn {
     const ag_listener_conf *listener;
     struct bufferevent *bev;
     ag_sender snd;                     /* direct writes (plain listeners) */
+    ag_reader rd;                      /* direct reads (plain listeners); reading goes through it */
     struct event *timer;               /* the deadline of the current phase */
     llhttp_t parser;
     ag_conn_state state;

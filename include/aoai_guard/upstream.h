@@ -12,6 +12,7 @@
 #include <openssl/ssl.h>
 
 #include "aoai_guard/config.h"
+#include "aoai_guard/reader.h"
 #include "aoai_guard/sendq.h"
 
 struct ag_worker;
@@ -70,6 +71,7 @@ struct ag_upconn {
     ag_upstream_state *up;
     struct bufferevent *bev;
     ag_sender snd;                     /* direct writes (plain-HTTP upstreams) */
+    ag_reader rd;                      /* direct reads (plain-HTTP upstreams); set once connected */
     bool idle;
     bool reused;                       /* served a request before */
     int requests;

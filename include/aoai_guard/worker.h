@@ -11,6 +11,7 @@
 #include <sys/queue.h>
 
 #include "aoai_guard/config.h"
+#include "aoai_guard/reader.h"
 #include "aoai_guard/sendq.h"
 
 struct event_base;
@@ -83,6 +84,7 @@ typedef struct ag_worker {
     struct event *reap;                   /* frees connections marked for closing */
     struct ag_conn_list reap_list;
     ag_send_queue sendq;                  /* direct writes of client and upstream output */
+    ag_read_scratch rscratch;             /* where direct reads land (reader.h) */
     struct ag_request *req_cache[AG_REQUEST_CACHE]; /* finished requests' memory, for reuse */
     unsigned nreq_cache;
     struct ag_exchange *ex_cache[AG_REQUEST_CACHE];  /* finished upstream exchanges, likewise */

@@ -647,7 +647,7 @@ static void ex_resume_read(void *arg)
     ag_exchange *ex = arg;
     ex->paused = false;
     if (ex->uc)
-        bufferevent_enable(ex->uc->bev, EV_READ);
+        ag_reader_enable(&ex->uc->rd);
 }
 
 /* llhttp accepts obs-fold in response heads; an upstream that folds a header line is answered 502.
@@ -726,7 +726,7 @@ static bool ex_process(ag_exchange *ex, struct bufferevent *bev)
         ag_request *r = ex->req;
         if (ag_response_congested(r) && !ex->paused) {
             ex->paused = true;
-            bufferevent_disable(bev, EV_READ);
+            ag_reader_disable(&ex->uc->rd);
             ag_response_on_drain(r, ex_resume_read, ex);
         }
         ag_upstream_state *up = &ex->set->ups[ex->idx];
@@ -764,7 +764,8 @@ static void ex_event_cb(struct bufferevent *bev, short what, void *arg)
          * Turn reading back on (unless paused for backpressure) and carry on. */
         if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && !ex->paused) {
             ag_log(AG_LOG_DEBUG, ex->req->id, "upstream %s: stale pool idle timeout ignored", up->conf->name);
-            bufferevent_enable(bev, EV_READ);
+            if (ex->uc)
+                ag_reader_enable(&ex->uc->rd);
         }
         return;
     }
@@ -859,7 +860,9 @@ static void ex_send(ag_exchange *ex)
     ex->state = EX_WAITING;
     bufferevent_setcb(uc->bev, ex_read_cb, ex_write_cb, ex_event_cb, ex);
     /* A direct sender writes the request once this callback returns; others (TLS) arm EV_WRITE. */
-    bufferevent_enable(uc->bev, uc->snd.bev ? EV_READ : EV_READ | EV_WRITE);
+    ag_reader_enable(&uc->rd);
+    if (!uc->snd.bev)
+        bufferevent_enable(uc->bev, EV_WRITE);
     r->t_upstream_sent = ag_mono_ns();
     struct timeval tv = {up->conf->first_byte_timeout_ms / 1000, (up->conf->first_byte_timeout_ms % 1000) * 1000};
     evtimer_add(ex->timer, &tv);

@@ -89,6 +89,7 @@ static void upconn_close(ag_upconn *uc)
     }
     if (uc->bev) {
         ag_sender_detach(&uc->snd);
+        ag_reader_detach(&uc->rd);
         bufferevent_free(uc->bev);
     }
     up->nopen--;
@@ -268,7 +269,7 @@ ag_upconn *ag_upstream_take_idle(ag_upstream_set *set, int idx)
     uc->reused = true;
     up->reused++;
     bufferevent_setcb(uc->bev, NULL, NULL, NULL, NULL);
-    bufferevent_set_timeouts(uc->bev, NULL, NULL);
+    ag_reader_set_timeout(&uc->rd, NULL);
     return uc;
 }
 
@@ -287,8 +288,8 @@ void ag_upconn_release(ag_upconn *uc, bool reusable)
     up->nidle++;
     struct timeval tv = {up->conf->pool_idle_timeout_ms / 1000, (up->conf->pool_idle_timeout_ms % 1000) * 1000};
     bufferevent_setcb(uc->bev, idle_read_cb, NULL, idle_event_cb, uc);
-    bufferevent_set_timeouts(uc->bev, &tv, NULL);
-    bufferevent_enable(uc->bev, EV_READ);
+    ag_reader_set_timeout(&uc->rd, &tv);
+    ag_reader_enable(&uc->rd);
 }
 
 /* ---- connecting ------------------------------------------------------------------------------ */
@@ -328,6 +329,8 @@ static void connect_event_cb(struct bufferevent *bev, short what, void *arg)
         }
         bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
         ag_sender_attach(&uc->snd, &up->set->worker->sendq, bev, NULL, NULL); /* plain HTTP only */
+        ag_reader_init(&uc->rd, bev);
+        ag_reader_attach(&uc->rd, &up->set->worker->rscratch, up->set->worker->base);
         connect_finish(cr, uc, NULL, false);
         return;
     }

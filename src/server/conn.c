@@ -421,7 +421,9 @@ void ag_conn_accept(ag_worker *w, int fd, const struct sockaddr *sa, int socklen
     bufferevent_set_timeouts(c->bev, NULL, &send_tv);
     if (!ag_sender_attach(&c->snd, &w->sendq, c->bev, conn_drained, c))
         bufferevent_enable(c->bev, EV_WRITE); /* TLS: libevent writes through OpenSSL */
-    bufferevent_enable(c->bev, EV_READ);
+    ag_reader_init(&c->rd, c->bev);
+    ag_reader_attach(&c->rd, &w->rscratch, w->base); /* plain listeners; TLS reads stay with libevent */
+    ag_reader_enable(&c->rd);
     c->state = AG_CONN_IDLE;
     /* A fresh connection must send its first head within the header deadline (slowloris). */
     conn_arm_timer(c, c->cfg->limits.header_timeout_ms);
@@ -447,6 +449,7 @@ void ag_conn_free(ag_conn *c)
         event_free(c->timer);
     if (c->bev) {
         ag_sender_detach(&c->snd);
+        ag_reader_detach(&c->rd);
         SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
         if (ssl && !c->peer_gone)
             SSL_shutdown(ssl); /* best-effort close_notify */
@@ -487,7 +490,7 @@ static void conn_arm_timer(ag_conn *c, long long ms)
 static void conn_finish_and_close(ag_conn *c)
 {
     c->state = AG_CONN_CLOSING;
-    bufferevent_disable(c->bev, EV_READ);
+    ag_reader_disable(&c->rd);
     conn_arm_timer(c, CLOSE_LINGER_MS);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
         ag_conn_close_soon(c);
@@ -1011,7 +1014,7 @@ void ag_conn_request_done(ag_conn *c)
         return;
     }
     /* A pipelined request may already be waiting in the input buffer. */
-    bufferevent_enable(c->bev, EV_READ);
+    ag_reader_enable(&c->rd);
     conn_process_input(c);
 }
 

@@ -123,7 +123,8 @@ int ag_worker_init(ag_worker *w, struct ag_runtime *rt, int index, ag_config *cf
         return -1;
     w->wake = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, wake_cb, w);
     w->reap = event_new(w->base, -1, 0, reap_cb, w);
-    if (!w->wake || !w->reap || ag_send_queue_init(&w->sendq, w->base) != 0)
+    if (!w->wake || !w->reap || ag_send_queue_init(&w->sendq, w->base) != 0 ||
+        ag_read_scratch_init(&w->rscratch) != 0)
         return -1;
     event_add(w->wake, NULL);
     w->cfg = ag_config_ref(cfg);
@@ -197,6 +198,7 @@ void ag_worker_destroy(ag_worker *w)
     if (w->reap)
         event_free(w->reap);
     ag_send_queue_destroy(&w->sendq);
+    ag_read_scratch_free(&w->rscratch);
     ag_request_cache_drain(w);
     ag_exchange_cache_drain(w);
     if (w->dns)

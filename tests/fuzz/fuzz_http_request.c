@@ -230,6 +230,7 @@ static ag_conn *fuzz_conn_new(ag_config *cfg, struct bufferevent *bev)
     bufferevent_setwatermark(c->bev, EV_READ, 0, IN_HIGH_WATER);
     bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW_WATER, 0);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    ag_reader_init(&c->rd, c->bev); /* not attached: a pair has no socket, libevent reads it */
     c->state = AG_CONN_IDLE;
     conn_arm_timer(c, cfg->limits.header_timeout_ms);
     return c;

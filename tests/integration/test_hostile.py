@@ -10,6 +10,7 @@ its reproduction (docs/security.md lists them under "Known gaps")."""
 import json
 import os
 import resource
+import select
 import socket
 import sys
 import tempfile
@@ -843,6 +844,49 @@ class A2SlowClients(OwnGateway):
             c.s.sendall(data)
         except OSError:
             pass  # the gateway closed after its 50th answer
+
+class A2PipeliningAhead(OwnGateway):
+    """HOSTILE-INPUT.md A2 "queued pipelined requests": a client that keeps pipelining while its
+    first request waits on a slow upstream is read no further than the connection's input
+    high-water mark (128 KiB), so the gateway does not hold megabytes it cannot serve yet. Reading
+    resumes once the input drains, and every request is answered in order."""
+    limits = {"max_requests_per_connection": 100000, "max_body_bytes": 1 << 20}
+
+    def test_reading_stops_at_the_high_water_mark_and_resumes(self):
+        n, body = 500, b"x" * 65536  # not JSON: each is answered 400 by the parse stage, after its body
+        ahead = post(body) * n
+        self.up.configure(first_byte_delay_ms=4000)
+        c = Conn(self.gw.port, timeout=10)
+        c.s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        t0 = time.monotonic()
+        c.send(post())  # the slow one
+        c.s.setblocking(False)
+        sent = 0
+        while sent < len(ahead):  # until the gateway has taken nothing for half a second
+            try:
+                sent += c.s.send(ahead[sent:sent + 65536])
+            except BlockingIOError:
+                if not select.select([], [c.s], [], 0.5)[1]:
+                    break
+        stalled_after = time.monotonic() - t0
+        print(f"pipelining ahead: the gateway took {sent} of {len(ahead)} bytes while the upstream was slow",
+              file=sys.stderr)
+        self.assertLess(stalled_after, 3.5, "the upstream answered before the client stalled")
+        # Without the mark the whole 32 MiB would sit in the gateway's input buffer. What it took is
+        # the mark, its 16 KiB read buffer and the kernel's socket buffers on both sides.
+        self.assertLess(sent, 8 << 20)
+        c.s.setblocking(True)
+        sender = threading.Thread(target=lambda: c.s.sendall(ahead[sent:]))
+        sender.start()
+        st, _h, _b = c.read_response(timeout=15)
+        self.assertEqual(st, 200)
+        statuses = [c.read_response(timeout=15)[0] for _ in range(n)]
+        sender.join(15)
+        self.assertEqual(statuses, [400] * n)
+        self.assertEqual(self.up.stats()["requests"], 1)
+        c.close()
+        self.up.configure(first_byte_delay_ms=0)
+
 
 class A2ManyConnections(OwnGateway):
     """HOSTILE-INPUT.md A2 "Connections": many idle or half-sent connections are closed at the

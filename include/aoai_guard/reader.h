@@ -44,6 +44,8 @@ typedef struct ag_reader {
     bool has_timeout;
     bool enabled;                  /* the owner wants bytes */
     bool suspended;                /* the input is at the high-water mark */
+    bool armed;                    /* ev is added */
+    bool timeout_changed;          /* ev must be re-added with the new timeout */
 } ag_reader;
 
 /* Binds rd to bev, not attached. Call once bev exists. */

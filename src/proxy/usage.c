@@ -73,13 +73,18 @@ static void take_responses_text(ag_request *r, const cJSON *resp)
 }
 
 /* Where a non-null "usage" object starts in text (its '{'), or NULL. The last occurrence wins:
- * Azure puts usage at the end, after any text that could mention the word. */
+ * Azure puts usage at the end, after any text that could mention the word; so the search runs
+ * from the end, quote by quote. */
 static const char *find_usage_object(const char *text, size_t len)
 {
-    const char *found = NULL;
-    for (const char *p = text; (p = memmem(p, len - (size_t)(p - text), "\"usage\"", 7)) != NULL; p += 7) {
+    const char *end = text + len;
+    size_t n = len;
+    const char *p;
+    while (n > 0 && (p = memrchr(text, '"', n)) != NULL) {
+        n = (size_t)(p - text); /* the next search ends before this quote */
+        if ((size_t)(end - p) < 7 || memcmp(p, "\"usage\"", 7) != 0)
+            continue;
         const char *q = p + 7;
-        const char *end = text + len;
         while (q < end && (*q == ' ' || *q == '\t' || *q == '\r' || *q == '\n'))
             q++;
         if (q < end && *q == ':') {
@@ -87,10 +92,10 @@ static const char *find_usage_object(const char *text, size_t len)
             while (q < end && (*q == ' ' || *q == '\t' || *q == '\r' || *q == '\n'))
                 q++;
             if (q < end && *q == '{')
-                found = q;
+                return q;
         }
     }
-    return found;
+    return NULL;
 }
 
 static const char *skip_ws(const char *p, const char *end)

@@ -42,10 +42,15 @@ static void rearm(ag_reader *rd)
         else
             evbuffer_cb_clear_flags(in, rd->cbe, EVBUFFER_CB_ENABLED);
     }
-    if (rd->enabled && !rd->suspended)
+    bool want = rd->enabled && !rd->suspended;
+    if (want == rd->armed && !(want && rd->timeout_changed))
+        return; /* as it is: no event_add per request for a reader that stays on */
+    if (want)
         event_add(rd->ev, rd->has_timeout ? &rd->timeout : NULL);
     else
         event_del(rd->ev);
+    rd->armed = want;
+    rd->timeout_changed = false;
 }
 
 /* Tells the bufferevent's owner what happened, as libevent's read path does. */
@@ -199,9 +204,11 @@ void ag_reader_set_timeout(ag_reader *rd, const struct timeval *tv)
         bufferevent_set_timeouts(rd->bev, tv, NULL);
         return;
     }
+    if (!tv && !rd->has_timeout)
+        return;
     rd->has_timeout = tv != NULL;
     if (tv)
         rd->timeout = *tv;
-    if (rd->enabled && !rd->suspended)
-        rearm(rd);
+    rd->timeout_changed = true;
+    rearm(rd);
 }

@@ -1,5 +1,6 @@
 /* Usage and completion text from responses (see usage.h). */
 #include "aoai_guard/usage.h"
+#include "aoai_guard/worker.h"
 
 #include <math.h>
 #include <stdbool.h>
@@ -321,9 +322,19 @@ int ag_usage_from_sse_event(ag_request *r, const ag_sse_event *ev)
         if (!find_usage_object(ev->data, ev->data_len))
             return 0;
     }
+    /* The event's tree lives only in this function: its nodes come from the worker's event arena,
+     * released below (a 200-chunk stream parses 200 of them). */
+    ag_json_arena *arena = r->worker ? &r->worker->event_arena : NULL; /* none: malloc */
+    if (arena)
+        ag_json_arena_enter(arena);
     cJSON *root = cJSON_ParseWithLength(ev->data, ev->data_len);
-    if (!root)
+    if (arena)
+        ag_json_arena_leave();
+    if (!root) {
+        if (arena)
+            ag_json_arena_reset(arena);
         return 0;
+    }
     int usage_only = 0;
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "type");
     if (cJSON_IsString(type) && strncmp(type->valuestring, "response.", 9) == 0) {
@@ -343,5 +354,7 @@ int ag_usage_from_sse_event(ag_request *r, const ag_sse_event *ev)
             usage_only = 1;
     }
     cJSON_Delete(root);
+    if (arena)
+        ag_json_arena_reset(arena);
     return usage_only;
 }

@@ -199,6 +199,7 @@ void ag_worker_destroy(ag_worker *w)
         event_free(w->reap);
     ag_send_queue_destroy(&w->sendq);
     ag_read_scratch_free(&w->rscratch);
+    ag_json_arena_free(&w->event_arena);
     ag_request_cache_drain(w);
     ag_exchange_cache_drain(w);
     if (w->dns)

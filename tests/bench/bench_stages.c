@@ -12,7 +12,8 @@
  *   audit_build      what a worker does per request: record, fields, prompt copy, 200 streamed deltas
  *   audit_serialise  what the audit thread does per record: ag_audit_record_rows (JSON row)
  *   sse_framing      ag_sse_parser over a 200-chunk chat completion stream fed in 4 KiB reads
- *   sse_usage        the same plus cJSON over every event's data (the on-the-side usage/text parse)
+ *   sse_usage        the same plus the gateway's usage/text pass over every event (audit on: cJSON
+ *                    of each event in the worker's event arena)
  *   policy_4k        ag_policy_inspect_request with conf/policy-enterprise.json on a 4 KiB prompt
  *                    (only when include/aoai_guard/policy.h existed at configure time)
  *
@@ -42,7 +43,11 @@
 #include "aoai_guard/ratelimit.h"
 #include "aoai_guard/ratelimit_config.h"
 #include "aoai_guard/sse.h"
+#include "aoai_guard/json_arena.h"
+#include "aoai_guard/request.h"
 #include "aoai_guard/token_cache.h"
+#include "aoai_guard/usage.h"
+#include "aoai_guard/worker.h"
 #include "entra_testkit.h"
 
 #if defined(AG_BENCH_HAVE_POLICY) && AG_BENCH_HAVE_POLICY
@@ -256,7 +261,7 @@ static int jwt_setup(jwt_ctx *c)
     cJSON_Delete(doc);
     char e[256];
     c->keys = ag_jwks_parse(s, strlen(s), NULL, e, sizeof e);
-    free(s);
+    cJSON_free(s);
     CHECK(c->keys, "key set: %s", e);
 
     c->now = (long long)time(NULL);
@@ -464,6 +469,7 @@ typedef struct sse_ctx {
     size_t events;
     size_t json_ok;
     int parse_json;
+    ag_request *req; /* parse_json: the gateway's own usage/text pass over each event */
 } sse_ctx;
 
 /* A chat completion stream as Azure sends it: prompt-filter event, 200 content deltas, the finish
@@ -502,16 +508,8 @@ static int on_event(void *arg, const ag_sse_event *ev)
 {
     sse_ctx *c = arg;
     c->events++;
-    if (c->parse_json && ev->data_len > 0 && ev->data[0] == '{') {
-        cJSON *root = cJSON_ParseWithLength(ev->data, ev->data_len);
-        if (root) {
-            const cJSON *usage = cJSON_GetObjectItemCaseSensitive(root, "usage");
-            const cJSON *choices = cJSON_GetObjectItemCaseSensitive(root, "choices");
-            if (cJSON_IsArray(choices) || cJSON_IsObject(usage))
-                c->json_ok++;
-            cJSON_Delete(root);
-        }
-    }
+    if (c->parse_json)
+        ag_usage_from_sse_event(c->req, ev); /* as forward.c does, with the audit's text capture on */
     return 0;
 }
 
@@ -520,6 +518,10 @@ static int op_sse(void *arg)
     sse_ctx *c = arg;
     c->events = 0;
     c->json_ok = 0;
+    if (c->req) {
+        c->req->completion_len = 0;
+        c->req->usage.present = false;
+    }
     ag_sse_parser *p = ag_sse_parser_new(1 << 20, on_event, c);
     if (!p)
         return -1;
@@ -533,7 +535,7 @@ static int op_sse(void *arg)
     ag_sse_parser_free(p);
     if (c->events != 204)
         return -1;
-    if (c->parse_json && c->json_ok != 203)
+    if (c->parse_json && (!c->req->usage.present || c->req->usage.total_tokens != 223 || c->req->completion_len == 0))
         return -1;
     return 0;
 }
@@ -657,6 +659,7 @@ static void write_json(const char *path)
 
 int main(int argc, char **argv)
 {
+    ag_json_hooks_install(); /* cJSON allocates as in the gateway */
     const char *json_out = NULL;
     const char *policy_file = NULL;
 #ifdef AG_BENCH_SOURCE_DIR
@@ -721,7 +724,17 @@ int main(int argc, char **argv)
     sse_build(&sse);
     run_case("sse_framing", "SSE parser, 200-chunk stream (~64 KiB) in 4 KiB reads", op_sse, &sse, 4);
     sse.parse_json = 1;
-    run_case("sse_usage", "the same + cJSON of every event (usage/text on the side)", op_sse, &sse, 2);
+    ag_worker *sse_worker = calloc(1, sizeof *sse_worker); /* only its event arena is used */
+    sse.req = calloc(1, sizeof *sse.req);
+    if (!sse_worker || !sse.req)
+        return 1;
+    sse.req->worker = sse_worker;
+    sse.req->want_text = true;
+    run_case("sse_usage", "the same + the gateway's usage/text pass over every event (audit on)", op_sse, &sse, 2);
+    free(sse.req->completion_text);
+    free(sse.req);
+    ag_json_arena_free(&sse_worker->event_arena);
+    free(sse_worker);
 
 #if defined(AG_BENCH_HAVE_POLICY) && AG_BENCH_HAVE_POLICY
     policy_ctx pc;

@@ -109,6 +109,24 @@ size_t ag_metric_family_nseries(const ag_metric_family *f);
  * or maps it to "other" (see Cardinality above). Lock-free for a set already seen. */
 ag_metric_handle ag_metric_series(ag_metric_family *f, unsigned shard, const char *const *values);
 
+/* One remembered label set and its handle, for a thread that asks for the same series again and
+ * again (a worker's requests mostly share deployment, operation and status class): a hit compares
+ * the values instead of validating, hashing and probing. Zero-initialised is empty; owned by the
+ * thread of its shard. Values longer than AG_METRIC_MEMO_VALUE bytes are looked up every time. */
+#define AG_METRIC_MEMO_LABELS 3
+#define AG_METRIC_MEMO_VALUE 63
+typedef struct ag_metric_memo {
+    const ag_metric_family *family; /* NULL: empty */
+    unsigned shard;
+    char vals[AG_METRIC_MEMO_LABELS][AG_METRIC_MEMO_VALUE + 1];
+    ag_metric_handle h;
+} ag_metric_memo;
+
+/* ag_metric_series() through memo m (series are never evicted, so a remembered handle stays
+ * valid as long as the registry). */
+ag_metric_handle ag_metric_series_memo(ag_metric_memo *m, ag_metric_family *f, unsigned shard,
+                                       const char *const *values);
+
 /* Counter += 1. No-op on a non-counter or null handle. */
 void ag_metric_inc(ag_metric_handle h);
 /* Counter += n. No-op on a non-counter or null handle. */

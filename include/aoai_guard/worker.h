@@ -12,6 +12,7 @@
 
 #include "aoai_guard/config.h"
 #include "aoai_guard/json_arena.h"
+#include "aoai_guard/metrics.h"
 #include "aoai_guard/reader.h"
 #include "aoai_guard/sendq.h"
 
@@ -87,6 +88,7 @@ typedef struct ag_worker {
     ag_send_queue sendq;                  /* direct writes of client and upstream output */
     ag_read_scratch rscratch;             /* where direct reads land (reader.h) */
     ag_json_arena event_arena;            /* one streamed event's tree at a time (usage.c) */
+    ag_metric_memo metric_memo[8];        /* the series of the last request (request_metrics.c) */
     struct ag_request *req_cache[AG_REQUEST_CACHE]; /* finished requests' memory, for reuse */
     unsigned nreq_cache;
     struct ag_exchange *ex_cache[AG_REQUEST_CACHE];  /* finished upstream exchanges, likewise */

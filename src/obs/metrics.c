@@ -546,6 +546,31 @@ ag_metric_handle ag_metric_series(ag_metric_family *f, unsigned shard, const cha
     return h;
 }
 
+ag_metric_handle ag_metric_series_memo(ag_metric_memo *m, ag_metric_family *f, unsigned shard,
+                                       const char *const *values)
+{
+    if (!f || f->nlabels > AG_METRIC_MEMO_LABELS)
+        return ag_metric_series(f, shard, values);
+    bool hit = m->family == f && m->shard == shard;
+    for (size_t i = 0; hit && i < f->nlabels; i++)
+        hit = strcmp(m->vals[i], values && values[i] ? values[i] : "") == 0;
+    if (hit)
+        return m->h;
+    ag_metric_handle h = ag_metric_series(f, shard, values);
+    m->family = NULL;
+    for (size_t i = 0; i < f->nlabels; i++) {
+        const char *v = values && values[i] ? values[i] : "";
+        size_t n = strnlen(v, AG_METRIC_MEMO_VALUE + 1);
+        if (n > AG_METRIC_MEMO_VALUE)
+            return h; /* too long to remember */
+        memcpy(m->vals[i], v, n + 1);
+    }
+    m->family = f;
+    m->shard = shard;
+    m->h = h;
+    return h;
+}
+
 void ag_metric_inc(ag_metric_handle h)
 {
     ag_metric_add(h, 1);

@@ -105,6 +105,55 @@ static void test_counter(void)
     ag_metrics_free(m);
 }
 
+/* ag_metric_series_memo: the same handles as ag_metric_series, whatever the sequence of label
+ * sets, shards, families and value buffers it is asked with. */
+static void test_memo(void)
+{
+    ag_metrics *m = ag_metrics_new(2, 4);
+    static const char *const labels[] = { "deployment", "operation", "code_class", NULL };
+    ag_metric_desc d = { "t_memo_total", "Memo.", AG_METRIC_COUNTER, labels, NULL, 0 };
+    ag_metric_desc d2 = { "t_memo2_total", "Memo 2.", AG_METRIC_COUNTER, labels, NULL, 0 };
+    ag_metric_family *f = ag_metrics_declare(m, &d, NULL, 0), *g = ag_metrics_declare(m, &d2, NULL, 0);
+    CHECK(f != NULL && g != NULL);
+    char longv[AG_METRIC_MEMO_VALUE + 2];
+    memset(longv, 'y', sizeof longv - 1);
+    longv[sizeof longv - 1] = '\0';
+    char buf[16];
+    const char *sets[][3] = { {"gpt-4o", "chat", "2xx"}, {"gpt-4o", "chat", "4xx"}, {"embed", "chat", "2xx"},
+                              {longv, "chat", "2xx"}, {"gpt-4o", "chat", "2xx"}, {"a", "b", "c"},
+                              {"d", "e", "f"}, {"other", "other", "other"}, {buf, "chat", "2xx"} };
+    ag_metric_memo memo = {0};
+    unsigned seed = 7;
+    int differ = 0;
+    for (int i = 0; i < 5000; i++) {
+        seed = seed * 1103515245u + 12345u;
+        size_t k = (seed >> 8) % (sizeof sets / sizeof sets[0]);
+        unsigned shard = (seed >> 20) & 1;
+        ag_metric_family *fam = (seed >> 24) % 5 == 0 ? g : f;
+        /* the same buffer with new contents must not be taken for the old label set */
+        snprintf(buf, sizeof buf, "dep-%u", (seed >> 12) % 3);
+        ag_metric_handle want = ag_metric_series(fam, shard, sets[k]);
+        ag_metric_handle got = ag_metric_series_memo(&memo, fam, shard, sets[k]);
+        if (want.cell != got.cell || want.family != got.family)
+            differ++;
+    }
+    CHECK_INT(differ, 0);
+    /* A hit skips the lookup: the handle is the remembered one. */
+    const char *v[] = { "gpt-4o", "chat", "2xx" };
+    ag_metric_handle h1 = ag_metric_series_memo(&memo, f, 0, v);
+    CHECK(memo.family == f);
+    ag_metric_inc(h1);
+    ag_metric_inc(ag_metric_series_memo(&memo, f, 0, v));
+    uint64_t n = 0;
+    CHECK(ag_metric_read(f, v, NULL, &n));
+    CHECK_INT(n, 2);
+    /* An over-long value is looked up every time, never remembered. */
+    const char *lv[] = { longv, "chat", "2xx" };
+    ag_metric_series_memo(&memo, f, 0, lv);
+    CHECK(memo.family == NULL);
+    ag_metrics_free(m);
+}
+
 static double fixed_value(void *ctx)
 {
     return *(double *)ctx;
@@ -716,6 +765,7 @@ static void test_promparse_roundtrip(void)
 int main(void)
 {
     test_counter();
+    test_memo();
     test_gauge();
     test_histogram();
     test_escaping();

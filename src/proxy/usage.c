@@ -1,5 +1,6 @@
 /* Usage and completion text from responses (see usage.h). */
 #include "aoai_guard/usage.h"
+#include "aoai_guard/json_strict.h"
 #include "aoai_guard/worker.h"
 
 #include <math.h>
@@ -116,6 +117,9 @@ static const char *skip_value(const char *p, const char *end, int depth)
     char c = *p;
     if (c == '"') {
         for (p++; p < end; p++) {
+            p += ag_json_plain_prefix(p, (size_t)(end - p)); /* ordinary text, eight bytes at a time */
+            if (p >= end)
+                break;
             unsigned char b = (unsigned char)*p;
             if (b == '"')
                 return p + 1;
@@ -211,8 +215,7 @@ static int usage_scan(const char *p, const char *end, ag_usage *out, bool *found
         if (p >= end || *p != '"')
             return 0;
         const char *k = ++p;
-        while (p < end && *p != '"' && *p != '\\' && (unsigned char)*p >= 0x20)
-            p++;
+        p += ag_json_plain_prefix(p, (size_t)(end - p));
         if (p >= end || *p != '"')
             return 0;
         size_t kl = (size_t)(p - k);

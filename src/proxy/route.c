@@ -39,6 +39,15 @@ bool ag_route_deployment_ok(const char *s, size_t n)
     return !(n <= 2 && s[0] == '.'); /* "." and ".." are path tricks, not names */
 }
 
+/* Copies the NUL-terminated src into dst[cap], truncated as snprintf would (without its cost on
+ * every request). */
+static void set_name(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
 /* Only unreserved characters and '/' in a routed path; no empty, "." or ".." segments. Percent
  * escapes are refused outright so that we and Azure can never decode a path differently. */
 static bool path_clean(const char *p, size_t n)
@@ -93,7 +102,7 @@ int ag_route_classify(const char *path, size_t len, const char *method, const ch
                     return 405;
                 out->kind = AG_API_DEPLOYMENT;
                 memcpy(out->deployment, d, dl);
-                snprintf(out->operation, sizeof out->operation, "%s", op->name);
+                set_name(out->operation, sizeof out->operation, op->name);
                 out->json_body = op->json;
                 return 0;
             }
@@ -102,7 +111,7 @@ int ag_route_classify(const char *path, size_t len, const char *method, const ch
         if (!post)
             return 405;
         out->kind = AG_API_RESPONSES;
-        snprintf(out->operation, sizeof out->operation, "responses");
+        set_name(out->operation, sizeof out->operation, "responses");
         out->json_body = true;
         return 0;
     } else if (len > v1l && memcmp(path, v1_prefix, v1l) == 0) {
@@ -111,7 +120,7 @@ int ag_route_classify(const char *path, size_t len, const char *method, const ch
             if (!post)
                 return 405;
             out->kind = AG_API_V1;
-            snprintf(out->operation, sizeof out->operation, "%s", op->name);
+            set_name(out->operation, sizeof out->operation, op->name);
             out->json_body = op->json;
             return 0;
         }
@@ -182,6 +191,6 @@ int ag_route_take_model(ag_request *r)
                          NULL, false);
         return -1;
     }
-    snprintf(r->route.deployment, sizeof r->route.deployment, "%s", m->valuestring);
+    set_name(r->route.deployment, sizeof r->route.deployment, m->valuestring);
     return 0;
 }

@@ -63,6 +63,16 @@ static void report(ag_reader *rd, short what)
         eventcb(rd->bev, what, arg); /* may free the bufferevent and rd */
 }
 
+/* Stops reading and reports what ended it, as libevent does on a timeout, EOF or error. */
+static void stop_and_report(ag_reader *rd, short what)
+{
+    int e = errno; /* the event callback reads it; event_del must not change it */
+    rd->enabled = false;
+    rearm(rd);
+    errno = e;
+    report(rd, BEV_EVENT_READING | what);
+}
+
 static void reader_cb(evutil_socket_t fd, short what, void *arg)
 {
     ag_reader *rd = arg;
@@ -70,9 +80,7 @@ static void reader_cb(evutil_socket_t fd, short what, void *arg)
     if (what & EV_TIMEOUT) {
         if (!rd->has_timeout)
             return; /* armed before the timeout was cleared, in this loop pass: stale */
-        rd->enabled = false; /* libevent stops reading on a read timeout */
-        rearm(rd);
-        report(rd, BEV_EVENT_READING | BEV_EVENT_TIMEOUT);
+        stop_and_report(rd, BEV_EVENT_TIMEOUT);
         return;
     }
     struct evbuffer *in = bufferevent_get_input(bev);
@@ -92,16 +100,12 @@ static void reader_cb(evutil_socket_t fd, short what, void *arg)
         int e = errno;
         if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR)
             return;
-        rd->enabled = false;
-        rearm(rd);
-        errno = e; /* the event callback reads it, as after libevent's own failed read */
-        report(rd, BEV_EVENT_READING | BEV_EVENT_ERROR);
+        errno = e; /* for the event callback, as after libevent's own failed read */
+        stop_and_report(rd, BEV_EVENT_ERROR);
         return;
     }
     if (n == 0) {
-        rd->enabled = false;
-        rearm(rd);
-        report(rd, BEV_EVENT_READING | BEV_EVENT_EOF);
+        stop_and_report(rd, BEV_EVENT_EOF);
         return;
     }
     /* A socket bufferevent keeps the end of its input frozen against other writers and thaws it
@@ -110,10 +114,8 @@ static void reader_cb(evutil_socket_t fd, short what, void *arg)
     int added = evbuffer_add(in, rd->scratch->buf, (size_t)n);
     evbuffer_freeze(in, 0);
     if (added != 0) {
-        rd->enabled = false;
-        rearm(rd);
         errno = ENOMEM;
-        report(rd, BEV_EVENT_READING | BEV_EVENT_ERROR);
+        stop_and_report(rd, BEV_EVENT_ERROR);
         return;
     }
     if (rd->high && evbuffer_get_length(in) >= rd->high) {

@@ -313,6 +313,27 @@ void ag_usage_from_json_response(ag_request *r, const char *body, size_t len)
     cJSON_Delete(root);
 }
 
+/* Usage and text of one parsed event; 1 when it is the usage-only chunk (no choices). */
+static int event_usage(ag_request *r, const cJSON *root)
+{
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "type");
+    if (cJSON_IsString(type) && strncmp(type->valuestring, "response.", 9) == 0) {
+        const char *t = type->valuestring;
+        if (strcmp(t, "response.output_text.delta") == 0) {
+            add_string(r, cJSON_GetObjectItemCaseSensitive(root, "delta"));
+        } else if (strcmp(t, "response.completed") == 0 || strcmp(t, "response.incomplete") == 0 ||
+                   strcmp(t, "response.failed") == 0) {
+            const cJSON *resp = cJSON_GetObjectItemCaseSensitive(root, "response");
+            ag_usage_parse(cJSON_GetObjectItemCaseSensitive(resp, "usage"), &r->usage);
+        }
+        return 0;
+    }
+    take_choice_text(r, root, "delta");
+    const cJSON *choices = cJSON_GetObjectItemCaseSensitive(root, "choices");
+    return ag_usage_parse(cJSON_GetObjectItemCaseSensitive(root, "usage"), &r->usage) == 0 &&
+           cJSON_IsArray(choices) && cJSON_GetArraySize(choices) == 0;
+}
+
 int ag_usage_from_sse_event(ag_request *r, const ag_sse_event *ev)
 {
     if (ev->data_len == 6 && memcmp(ev->data, "[DONE]", 6) == 0)
@@ -325,37 +346,14 @@ int ag_usage_from_sse_event(ag_request *r, const ag_sse_event *ev)
         if (!find_usage_object(ev->data, ev->data_len))
             return 0;
     }
-    /* The event's tree lives only in this function: its nodes come from the worker's event arena,
-     * released below (a 200-chunk stream parses 200 of them). */
-    ag_json_arena *arena = r->worker ? &r->worker->event_arena : NULL; /* none: malloc */
+    /* The event's tree lives only here: its nodes come from the worker's event arena (a 200-chunk
+     * stream parses 200 of them), released once it is deleted. No worker (a test harness): malloc. */
+    ag_json_arena *arena = r->worker ? &r->worker->event_arena : NULL;
     if (arena)
         ag_json_arena_enter(arena);
     cJSON *root = cJSON_ParseWithLength(ev->data, ev->data_len);
-    if (arena)
-        ag_json_arena_leave();
-    if (!root) {
-        if (arena)
-            ag_json_arena_reset(arena);
-        return 0;
-    }
-    int usage_only = 0;
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "type");
-    if (cJSON_IsString(type) && strncmp(type->valuestring, "response.", 9) == 0) {
-        const char *t = type->valuestring;
-        if (strcmp(t, "response.output_text.delta") == 0) {
-            add_string(r, cJSON_GetObjectItemCaseSensitive(root, "delta"));
-        } else if (strcmp(t, "response.completed") == 0 || strcmp(t, "response.incomplete") == 0 ||
-                   strcmp(t, "response.failed") == 0) {
-            const cJSON *resp = cJSON_GetObjectItemCaseSensitive(root, "response");
-            ag_usage_parse(cJSON_GetObjectItemCaseSensitive(resp, "usage"), &r->usage);
-        }
-    } else {
-        take_choice_text(r, root, "delta");
-        const cJSON *choices = cJSON_GetObjectItemCaseSensitive(root, "choices");
-        if (ag_usage_parse(cJSON_GetObjectItemCaseSensitive(root, "usage"), &r->usage) == 0 &&
-            cJSON_IsArray(choices) && cJSON_GetArraySize(choices) == 0)
-            usage_only = 1;
-    }
+    ag_json_arena_leave();
+    int usage_only = root ? event_usage(r, root) : 0;
     cJSON_Delete(root);
     if (arena)
         ag_json_arena_reset(arena);

@@ -759,9 +759,10 @@ static void ex_event_cb(struct bufferevent *bev, short what, void *arg)
     if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))) {
         /* An exchange runs its own timers and sets no bufferevent timeout: a timeout here is the
          * pool's idle timeout of this connection, expired in the same loop pass that handed the
-         * connection to us, whose callback was already queued. libevent turned reading off
-         * before telling us; ignoring it left the exchange deaf until its first-byte timeout.
-         * Turn reading back on (unless paused for backpressure) and carry on. */
+         * connection to us, whose callback was already queued (TLS upstreams; the direct reader
+         * of plain ones drops such a stale timeout itself). libevent turned reading off before
+         * telling us; ignoring it left the exchange deaf until its first-byte timeout. Turn
+         * reading back on (unless paused for backpressure) and carry on. */
         if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && !ex->paused) {
             ag_log(AG_LOG_DEBUG, ex->req->id, "upstream %s: stale pool idle timeout ignored", up->conf->name);
             if (ex->uc)

@@ -69,6 +69,7 @@ typedef struct ag_auth_input {
     size_t authorization_len;
     const char *api_key;         /* api-key header value (api_key mode) */
     size_t api_key_len;
+    struct ag_token_memo *memo;  /* the connection's last token and its cache key; NULL: none */
 } ag_auth_input;
 
 #define AG_AUTH_LOG_LEN 384

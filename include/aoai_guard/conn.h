@@ -14,6 +14,7 @@
 
 #include "aoai_guard/config.h"
 #include "aoai_guard/request.h"
+#include "aoai_guard/token_cache.h"
 #include "aoai_guard/worker.h"
 
 struct bufferevent;
@@ -61,6 +62,7 @@ typedef struct ag_conn {
     unsigned char ck_state;
     unsigned ck_digits;
     uint64_t ck_left;
+    ag_token_memo token_memo;          /* the last bearer token's cache key (auth_stage.c) */
     ag_conn_drain_fn drain_fn;         /* called when the output drains below the low mark */
     void *drain_arg;
 } ag_conn;

@@ -38,6 +38,25 @@ void ag_token_cache_free(ag_token_cache *c);
 /* The cache key of a token: SHA-256 of its bytes. */
 void ag_token_cache_key(const char *token, size_t len, unsigned char key[AG_TOKEN_CACHE_KEY_LEN]);
 
+/* One connection's last bearer token and its cache key. A client sends the same token on every request
+ * of a keep-alive connection; with the memo that costs one comparison of the bytes instead of SHA-256
+ * over them (1-2 KB for an Entra token). The key is a pure function of the bytes, so the memo decides
+ * nothing: expiry, key-set generation and eviction stay the cache's. Owned by the connection, zeroed at
+ * start; tokens longer than AG_TOKEN_MEMO_MAX are hashed every time and not kept. */
+#define AG_TOKEN_MEMO_MAX 8192
+
+typedef struct ag_token_memo {
+    char *token;                              /* copy of the last token; NULL before the first */
+    size_t len, cap;
+    unsigned char key[AG_TOKEN_CACHE_KEY_LEN];
+} ag_token_memo;
+
+/* The cache key of token (as ag_token_cache_key): taken from the memo when token is byte for byte
+ * the memo's last one, else computed and remembered. m may be NULL (always computed). */
+void ag_token_memo_key(ag_token_memo *m, const char *token, size_t len, unsigned char key[AG_TOKEN_CACHE_KEY_LEN]);
+/* Wipes and frees the memo's copy; the memo is zero again. */
+void ag_token_memo_free(ag_token_memo *m);
+
 /* Looks key up: on a hit (entry present, now <= valid_until, same generation) copies the identity into
  * *out, marks the entry most recently used and returns true. An expired or stale entry is dropped. */
 bool ag_token_cache_get(ag_token_cache *c, const unsigned char key[AG_TOKEN_CACHE_KEY_LEN], uint64_t generation,

@@ -181,7 +181,7 @@ ag_auth_code ag_auth_authenticate(const ag_auth_config *cfg, struct ag_token_cac
     uint64_t gen = ag_jwks_generation(keys);
     unsigned char ckey[AG_TOKEN_CACHE_KEY_LEN];
     if (cache) {
-        ag_token_cache_key(tok, tlen, ckey);
+        ag_token_memo_key(in->memo, tok, tlen, ckey);
         if (ag_token_cache_get(cache, ckey, gen, now, id)) {
             res->cached = true;
             return finish(res, AG_AUTH_OK, id);

@@ -10,6 +10,7 @@
 #include "aoai_guard/audit.h"
 #include "aoai_guard/auth.h"
 #include "aoai_guard/authz.h"
+#include "aoai_guard/conn.h"
 #include "aoai_guard/jwks.h"
 #include "aoai_guard/log.h"
 #include "aoai_guard/runtime.h"
@@ -147,6 +148,7 @@ ag_stage_result ag_auth_stage_authenticate(ag_request *r)
     ag_auth_input in = {0};
     if (r->h_authorization >= 0)
         in.authorization = ag_request_header_value(r, r->h_authorization, &in.authorization_len);
+    in.memo = &r->conn->token_memo;
     if (r->h_api_key >= 0)
         in.api_key = ag_request_header_value(r, r->h_api_key, &in.api_key_len);
     ag_auth_result res;

@@ -7,6 +7,7 @@
 #include "aoai_guard/token_cache.h"
 
 #include <pthread.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include <stdlib.h>
@@ -89,6 +90,39 @@ void ag_token_cache_key(const char *token, size_t len, unsigned char key[AG_TOKE
     pthread_once(&once, fetch_sha256);
     if (!sha256_md || EVP_Digest(token, len, key, NULL, sha256_md, NULL) != 1)
         SHA256((const unsigned char *)token, len, key);
+}
+
+void ag_token_memo_key(ag_token_memo *m, const char *token, size_t len, unsigned char key[AG_TOKEN_CACHE_KEY_LEN])
+{
+    if (m && m->token && m->len == len && memcmp(m->token, token, len) == 0) {
+        memcpy(key, m->key, AG_TOKEN_CACHE_KEY_LEN);
+        return;
+    }
+    ag_token_cache_key(token, len, key);
+    if (!m || len > AG_TOKEN_MEMO_MAX)
+        return;
+    if (m->cap < len) {
+        ag_token_memo_free(m);
+        size_t cap = len < 2048 ? 2048 : len; /* most Entra tokens fit: one allocation per connection */
+        m->token = malloc(cap);
+        if (!m->token)
+            return; /* only costs speed */
+        m->cap = cap;
+    } else if (m->len > len) {
+        OPENSSL_cleanse(m->token + len, m->len - len); /* no tail of an older token is left behind */
+    }
+    memcpy(m->token, token, len);
+    m->len = len;
+    memcpy(m->key, key, AG_TOKEN_CACHE_KEY_LEN);
+}
+
+void ag_token_memo_free(ag_token_memo *m)
+{
+    if (m->token) {
+        OPENSSL_cleanse(m->token, m->cap);
+        free(m->token);
+    }
+    memset(m, 0, sizeof *m);
 }
 
 static size_t bucket_of(const ag_token_cache *c, const unsigned char *key)

@@ -458,6 +458,7 @@ void ag_conn_free(ag_conn *c)
         if (c->counted)
             ag_request_metrics_connection(c->worker, -1);
     }
+    ag_token_memo_free(&c->token_memo);
     ag_config_unref(c->cfg);
     free(c);
 }

@@ -8,6 +8,7 @@
  *   body_parse       strict JSON parse of a small chat body (ag_json_parse_strict), as parse_body does
  *   jwt_uncached     ag_auth_authenticate without a token cache: base64url, strict JSON, claims, RS256
  *   jwt_cached       ag_auth_authenticate with a warm per-worker token cache: SHA-256 + lookup
+ *   jwt_keepalive    as jwt_cached, the token repeated on one connection: memo comparison + lookup
  *   ratelimit_admit  ag_limiter_admit + ag_limit_finish, memory store, one RPM+TPM policy that admits
  *   audit_build      what a worker does per request: record, fields, prompt copy, 200 streamed deltas
  *   audit_serialise  what the audit thread does per record: ag_audit_record_rows (JSON row)
@@ -234,6 +235,7 @@ typedef struct jwt_ctx {
     ag_auth_config cfg;
     ag_jwks *keys;
     ag_token_cache *cache;
+    ag_token_memo memo;
     char *bearer;
     long long now;
     ag_identity id;
@@ -290,14 +292,15 @@ static int jwt_setup(jwt_ctx *c)
 static void jwt_cleanup(jwt_ctx *c)
 {
     ag_token_cache_free(c->cache);
+    ag_token_memo_free(&c->memo);
     ag_jwks_unref(c->keys);
     free(c->bearer);
     ag_auth_config_free(&c->cfg);
 }
 
-static int jwt_auth(jwt_ctx *c, ag_token_cache *cache, int want_cached)
+static int jwt_auth(jwt_ctx *c, ag_token_cache *cache, ag_token_memo *memo, int want_cached)
 {
-    ag_auth_input in = {.authorization = c->bearer, .authorization_len = strlen(c->bearer)};
+    ag_auth_input in = {.authorization = c->bearer, .authorization_len = strlen(c->bearer), .memo = memo};
     ag_auth_result res;
     ag_auth_code code = ag_auth_authenticate(&c->cfg, cache, c->keys, &in, c->now, &c->id, &res);
     if (code != AG_AUTH_OK) {
@@ -313,13 +316,19 @@ static int jwt_auth(jwt_ctx *c, ag_token_cache *cache, int want_cached)
 
 static int op_jwt_uncached(void *arg)
 {
-    return jwt_auth(arg, NULL, 0);
+    return jwt_auth(arg, NULL, NULL, 0);
 }
 
 static int op_jwt_cached(void *arg)
 {
     jwt_ctx *c = arg;
-    return jwt_auth(c, c->cache, 1);
+    return jwt_auth(c, c->cache, NULL, 1);
+}
+
+static int op_jwt_keepalive(void *arg)
+{
+    jwt_ctx *c = arg;
+    return jwt_auth(c, c->cache, &c->memo, 1);
 }
 
 /* ---------------------------------------------------------------- rate limit */
@@ -696,8 +705,10 @@ int main(int argc, char **argv)
     int jwt_ok = jwt_setup(&jwt) == 0;
     if (jwt_ok) {
         run_case("jwt_uncached", "Entra token: parse, claims, RS256 verify (no cache)", op_jwt_uncached, &jwt, 8);
-        jwt_auth(&jwt, jwt.cache, -1); /* warm the cache */
+        jwt_auth(&jwt, jwt.cache, NULL, -1); /* warm the cache */
         run_case("jwt_cached", "Entra token from the per-worker cache (SHA-256 + lookup)", op_jwt_cached, &jwt, 64);
+        run_case("jwt_keepalive", "the same token again on one connection (memo + lookup)", op_jwt_keepalive,
+                 &jwt, 64);
     }
     ag_identity id = jwt.id;
 

@@ -1,5 +1,6 @@
 """Issue 3: Entra ID authentication and authorization through the real binary, against fake_entra
 (metadata, JWKS, rotation, outages), fake_identity (the proxy's own token) and fake_aoai."""
+import http.client
 import json
 import os
 import subprocess
@@ -165,6 +166,36 @@ class EntraValidation(AuthTestCase):
                 self.assertEqual(header_values(rec, "authorization"), [])
                 self.assertEqual(header_values(rec, "api-key"), [self.up.api_key])
                 self.assertNotIn(tok.split(".")[2], json.dumps(rec))
+
+    def test_tokens_change_within_one_keep_alive_connection(self):
+        # The connection remembers its last token's cache key (token_cache.h, ag_token_memo): each
+        # request must still be judged by its own token. A forgery of the same length as the
+        # remembered token (one signature character changed) is refused on that same connection.
+        tok_a = mint(self.key, self.kid, v2_claims(self.entra, app=APP_A))
+        tok_b = mint(self.key, self.kid, v1_claims(app=APP_B))
+        h_, p_, s_ = tok_a.split(".")
+        forged = ".".join([h_, p_, s_[:-2] + ("A" if s_[-2] != "A" else "B") + s_[-1]])
+        self.assertEqual(len(forged), len(tok_a))
+        conn = http.client.HTTPConnection("127.0.0.1", self.gw.port, timeout=15)
+        try:
+            for tok, app in [(tok_a, APP_A), (tok_a, APP_A), (tok_b, APP_B), (tok_a, APP_A)]:
+                rid = new_rid()
+                conn.request("POST", CHAT, body=json.dumps(chat_body()).encode(),
+                             headers=dict(bearer(tok, rid), **{"Content-Type": "application/json"}))
+                r = conn.getresponse()
+                body = r.read()
+                self.assertEqual(r.status, 200, body)
+                self.assertEqual(self.access_line(self.gw, rid)["app"], app)
+            rid = new_rid()
+            conn.request("POST", CHAT, body=json.dumps(chat_body()).encode(),
+                         headers=dict(bearer(forged, rid), **{"Content-Type": "application/json"}))
+            r = conn.getresponse()
+            body = r.read()
+            self.assertEqual(r.status, 401, body)
+            self.assertEqual(r.getheader("www-authenticate"), invalid_token_header(PUBLIC_INVALID))
+            self.assert_reason_logged(self.gw, rid, "bad_signature")
+        finally:
+            conn.close()
 
     def test_invalid_tokens_get_401_invalid_token(self):
         now = int(time.time())

@@ -29,8 +29,64 @@ static ag_identity ident(const char *oid, const char *roles)
     return id;
 }
 
+/* The memo gives exactly the key ag_token_cache_key gives, over a random walk of tokens built to
+ * trip a lazy comparison: equal lengths differing in one byte (first, middle, last), prefixes of one
+ * another, growing past the first allocation, and tokens too long to keep. */
+static void test_memo_keys(void)
+{
+    static char pool[8][AG_TOKEN_MEMO_MAX + 16];
+    size_t plen[8];
+    for (int i = 0; i < 8; i++)
+        for (size_t j = 0; j < sizeof pool[i]; j++)
+            pool[i][j] = (char)('A' + (j * 7 + (size_t)i) % 26);
+    memcpy(pool[1], pool[0], sizeof pool[0]);
+    memcpy(pool[2], pool[0], sizeof pool[0]);
+    memcpy(pool[3], pool[0], sizeof pool[0]);
+    plen[0] = plen[1] = plen[2] = plen[3] = 1500;
+    pool[1][0] ^= 1;    /* first byte */
+    pool[2][750] ^= 1;  /* middle */
+    pool[3][1499] ^= 1; /* last */
+    plen[4] = 900;      /* a shorter token ... */
+    memcpy(pool[4], pool[0], plen[4]); /* ... that is a prefix of pool[0] */
+    plen[5] = 3000;     /* larger than the first allocation */
+    memcpy(pool[5], pool[0], 1500);
+    plen[6] = AG_TOKEN_MEMO_MAX;     /* the longest that is kept */
+    plen[7] = AG_TOKEN_MEMO_MAX + 1; /* hashed every time, not kept */
+    ag_token_memo m;
+    memset(&m, 0, sizeof m);
+    unsigned state = 12345;
+    int kept_long = 0, dropped_long = 0;
+    for (int step = 0; step < 4000; step++) {
+        state = state * 1103515245u + 12345u;
+        int i = (int)((state >> 16) % 8);
+        unsigned char want[AG_TOKEN_CACHE_KEY_LEN], got[AG_TOKEN_CACHE_KEY_LEN];
+        ag_token_cache_key(pool[i], plen[i], want);
+        const char *prev = m.token;
+        size_t prev_len = m.len;
+        ag_token_memo_key(&m, pool[i], plen[i], got);
+        CHECK(memcmp(want, got, sizeof want) == 0);
+        if (plen[i] <= AG_TOKEN_MEMO_MAX) {
+            CHECK(m.token != NULL && m.len == plen[i] && memcmp(m.token, pool[i], plen[i]) == 0);
+            kept_long += i == 6;
+        } else {
+            CHECK(m.token == prev && m.len == prev_len); /* the memo keeps its last token */
+            dropped_long++;
+        }
+    }
+    CHECK(kept_long > 0 && dropped_long > 0);
+    /* Without a memo the key is computed as before. */
+    unsigned char a[AG_TOKEN_CACHE_KEY_LEN], b[AG_TOKEN_CACHE_KEY_LEN];
+    ag_token_memo_key(NULL, "abc", 3, a);
+    ag_token_cache_key("abc", 3, b);
+    CHECK(memcmp(a, b, sizeof a) == 0);
+    ag_token_memo_free(&m);
+    CHECK(m.token == NULL && m.len == 0 && m.cap == 0);
+    ag_token_memo_free(&m); /* twice is harmless */
+}
+
 int main(void)
 {
+    test_memo_keys();
     CHECK(ag_token_cache_new(0) == NULL);
     ag_token_cache_stats st;
 
@@ -162,6 +218,33 @@ int main(void)
     CHECK_INT(ag_auth_authenticate(&cfg, c, newgen, &in, NOW, &id, &res), AG_AUTH_BAD_SIGNATURE);
     CHECK_INT(ag_auth_authenticate(&cfg, c, newgen, &in, NOW, &id, &res), AG_AUTH_BAD_SIGNATURE);
     CHECK(!res.cached);
+
+    /* With the connection's memo: a cached token stays a hit; a forged token of the same length on the
+     * same connection (another key's signature, or one byte changed) is validated, and fails. */
+    ag_token_memo memo;
+    memset(&memo, 0, sizeof memo);
+    char good_hdr[4096], bad_hdr[4096];
+    snprintf(good_hdr, sizeof good_hdr, "Bearer %s", tok);
+    snprintf(bad_hdr, sizeof bad_hdr, "Bearer %s", bad);
+    CHECK_INT((int)strlen(good_hdr), (int)strlen(bad_hdr));
+    ag_auth_input min = {.authorization = good_hdr, .authorization_len = strlen(good_hdr), .memo = &memo};
+    CHECK_INT(ag_auth_authenticate(&cfg, c, newgen, &min, NOW, &id, &res), AG_AUTH_OK);
+    CHECK(!res.cached); /* the expiry check above dropped the entry: validated and cached again */
+    CHECK_INT(ag_auth_authenticate(&cfg, c, newgen, &min, NOW, &id, &res), AG_AUTH_OK);
+    CHECK(res.cached && memo.len == strlen(tok));
+    min.authorization = bad_hdr;
+    CHECK_INT(ag_auth_authenticate(&cfg, c, newgen, &min, NOW, &id, &res), AG_AUTH_BAD_SIGNATURE);
+    CHECK(!res.cached);
+    memcpy(bad_hdr, good_hdr, sizeof good_hdr);
+    bad_hdr[strlen(bad_hdr) - 2] ^= 0x01; /* a base64url character of the signature */
+    CHECK_INT(ag_auth_authenticate(&cfg, c, newgen, &min, NOW, &id, &res), AG_AUTH_BAD_SIGNATURE);
+    CHECK(!res.cached);
+    min.authorization = good_hdr;
+    CHECK_INT(ag_auth_authenticate(&cfg, c, newgen, &min, NOW, &id, &res), AG_AUTH_OK);
+    CHECK(res.cached);
+    /* The memo keeps no validity of its own: past exp + skew the cache's answer stands. */
+    CHECK_INT(ag_auth_authenticate(&cfg, c, newgen, &min, NOW + 3600 + 301, &id, &res), AG_AUTH_EXPIRED);
+    ag_token_memo_free(&memo);
     free(bad);
     free(tok);
     ag_token_cache_free(c);

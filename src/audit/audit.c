@@ -144,18 +144,32 @@ static int row_cb(const char *json, size_t len, void *arg)
         sink_rt *s = &a->sinks[i];
         if (s->spool) {
             spool_put(a, s, json, len);
-        } else if (s->line) {
-            if (ag_line_sink_write(s->line, json, len) != 0) {
-                s->failed_until_ms = now_ms() + FAIL_HOLD_MS;
-                atomic_fetch_add(&a->ctr.io_errors, 1);
-                note_error(s, "cannot write");
-            } else {
-                s->failed_until_ms = 0;
-                atomic_fetch_add(&a->ctr.lines_written, 1);
-            }
+        } else if (s->line && ag_line_sink_write(s->line, json, len) != 0) {
+            s->failed_until_ms = now_ms() + FAIL_HOLD_MS;
+            atomic_fetch_add(&a->ctr.io_errors, 1);
+            note_error(s, "cannot write");
         }
     }
     return 0;
+}
+
+/* Writes what the drain queued in the line sinks: one write per sink and drain. */
+static void flush_lines(ag_audit *a)
+{
+    for (size_t i = 0; i < a->nsinks; i++) {
+        sink_rt *s = &a->sinks[i];
+        if (!s->line)
+            continue;
+        long n = ag_line_sink_flush(s->line);
+        if (n < 0) {
+            s->failed_until_ms = now_ms() + FAIL_HOLD_MS;
+            atomic_fetch_add(&a->ctr.io_errors, 1);
+            note_error(s, "cannot write");
+        } else if (n > 0) {
+            s->failed_until_ms = 0;
+            atomic_fetch_add(&a->ctr.lines_written, n);
+        }
+    }
 }
 
 static void process(ag_audit *a, ag_audit_record *r)
@@ -202,6 +216,7 @@ static void update_state(ag_audit *a)
 
 static void sync_all(ag_audit *a)
 {
+    flush_lines(a);
     for (size_t i = 0; i < a->nsinks; i++) {
         sink_rt *s = &a->sinks[i];
         int rc = s->spool ? ag_spool_sync(s->spool) : s->line ? ag_line_sink_sync(s->line) : 0;
@@ -274,6 +289,7 @@ static size_t drain(ag_audit *a, size_t limit)
     if (n == 0 && !a->lost_pending)
         return 0;
     emit_loss_event(a);
+    flush_lines(a);
     if (a->cfg.fsync_interval_ms == 0)
         sync_all(a);
     else

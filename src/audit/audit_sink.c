@@ -18,9 +18,15 @@ struct ag_line_sink {
     char *path;        /* NULL for fd sinks */
     uint64_t max_bytes;
     unsigned max_files;
-    uint64_t size;
-    bool dirty;
+    uint64_t size;     /* of the file, the queued bytes included */
+    bool dirty;        /* written since the last fdatasync */
+    char *buf;         /* queued lines, written by ag_line_sink_flush */
+    size_t blen;
+    long rows;         /* lines queued in buf */
 };
+
+/* Lines are queued up to this many bytes; a longer line goes out on its own. */
+#define SINK_BUF_BYTES (64 * 1024)
 
 static int open_append(const char *path, uint64_t *size)
 {
@@ -67,6 +73,8 @@ ag_line_sink *ag_line_sink_open_fd(int fd)
     return s;
 }
 
+static int write_queue(ag_line_sink *s);
+
 static int rotate(ag_line_sink *s)
 {
     size_t n = strlen(s->path) + 16;
@@ -74,6 +82,8 @@ static int rotate(ag_line_sink *s)
     int rc = -1;
     if (!from || !to)
         goto out;
+    if (s->blen && write_queue(s) != 0)
+        goto out; /* the queued lines belong to this file: they stay queued, rotation waits */
     if (s->dirty)
         fdatasync(s->fd);
     close(s->fd);
@@ -107,45 +117,101 @@ out:
     return rc;
 }
 
-int ag_line_sink_write(ag_line_sink *s, const char *line, size_t len)
+/* Writes the n pieces in v at the end of the file (stdout: under the lock shared with the log, so
+ * whole lines never interleave with it), retrying short writes; advances v past what was written.
+ * 0, or -1 on an I/O error. */
+static int write_iov(ag_line_sink *s, struct iovec *v, int n)
 {
-    if (s->fd < 0 && s->path && (s->fd = open_append(s->path, &s->size)) < 0)
-        return -1;
-    if (s->path && s->max_bytes && s->size > 0 && s->size + len + 1 > s->max_bytes && rotate(s) != 0)
-        return -1;
-    struct iovec iov[2] = {{(void *)line, len}, {"\n", 1}};
-    size_t want = len + 1, done = 0;
-    bool shared = !s->path; /* stdout, shared with the log: one whole line under the lock */
+    bool shared = !s->path;
     if (shared)
         ag_stdout_lock();
     int rc = 0;
-    while (done < want) {
-        ssize_t w;
-        if (done < len) {
-            struct iovec v[2] = {{(char *)line + done, len - done}, iov[1]};
-            w = writev(s->fd, v, 2);
-        } else {
-            w = write(s->fd, "\n", 1);
+    while (n > 0) {
+        if (v->iov_len == 0) {
+            v++;
+            n--;
+            continue;
         }
+        ssize_t w = writev(s->fd, v, n);
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0) {
             rc = -1;
             break;
         }
-        done += (size_t)w;
+        s->dirty = true;
+        for (size_t left = (size_t)w; left > 0;) {
+            size_t k = left < v->iov_len ? left : v->iov_len;
+            v->iov_base = (char *)v->iov_base + k;
+            v->iov_len -= k;
+            left -= k;
+            if (v->iov_len == 0 && left > 0) {
+                v++;
+                n--;
+            }
+        }
     }
     if (shared)
         ag_stdout_unlock();
-    if (rc)
+    return rc;
+}
+
+/* Writes the queued lines; on an error what was not written stays queued. 0 or -1. */
+static int write_queue(ag_line_sink *s)
+{
+    struct iovec v = {s->buf, s->blen};
+    int rc = write_iov(s, &v, 1);
+    if (v.iov_len && v.iov_base != s->buf)
+        memmove(s->buf, v.iov_base, v.iov_len);
+    s->blen = v.iov_len;
+    return rc;
+}
+
+long ag_line_sink_flush(ag_line_sink *s)
+{
+    if (s->blen == 0 && s->rows == 0)
+        return 0;
+    if (s->fd < 0 && s->path && (s->fd = open_append(s->path, &s->size)) < 0)
         return -1;
-    s->size += want;
-    s->dirty = true;
+    if (s->blen && write_queue(s) != 0)
+        return -1;
+    long rows = s->rows;
+    s->rows = 0;
+    return rows;
+}
+
+int ag_line_sink_write(ag_line_sink *s, const char *line, size_t len)
+{
+    if (s->fd < 0 && s->path && (s->fd = open_append(s->path, &s->size)) < 0)
+        return -1;
+    if (s->path && s->max_bytes && s->size > 0 && s->size + len + 1 > s->max_bytes && rotate(s) != 0)
+        return -1;
+    if (!s->buf && !(s->buf = malloc(SINK_BUF_BYTES)))
+        return -1;
+    if (s->blen + len + 1 > SINK_BUF_BYTES) {
+        if (s->blen && write_queue(s) != 0)
+            return -1; /* this line is refused; the queued ones stay queued */
+        if (len + 1 > SINK_BUF_BYTES) { /* too long to queue: written now, newline included */
+            struct iovec v[2] = {{(void *)line, len}, {"\n", 1}};
+            if (write_iov(s, v, 2) != 0)
+                return -1;
+            s->size += len + 1;
+            s->rows++; /* reported with the next flush */
+            return 0;
+        }
+    }
+    memcpy(s->buf + s->blen, line, len);
+    s->buf[s->blen + len] = '\n';
+    s->blen += len + 1;
+    s->rows++;
+    s->size += len + 1;
     return 0;
 }
 
 int ag_line_sink_sync(ag_line_sink *s)
 {
+    if (s->blen && ag_line_sink_flush(s) < 0)
+        return -1;
     if (!s->path || !s->dirty || s->fd < 0)
         return 0;
     if (fdatasync(s->fd) != 0)
@@ -161,7 +227,10 @@ void ag_line_sink_close(ag_line_sink *s)
     if (s->owns_fd && s->fd >= 0) {
         ag_line_sink_sync(s);
         close(s->fd);
+    } else if (s->fd >= 0) {
+        ag_line_sink_flush(s);
     }
+    free(s->buf);
     free(s->path);
     free(s);
 }

@@ -182,8 +182,8 @@ static size_t extract_literals(const char *pat, char out[][MAX_LITERAL + 1], siz
 
 static size_t extract_literals_at(const char *pat, char out[][MAX_LITERAL + 1], size_t max, int depth)
 {
-    if (strstr(pat, "\\Q"))
-        return 0;
+    if (strstr(pat, "\\Q") || strstr(pat, "(*"))
+        return 0; /* (*UCP), (*ACCEPT) and other verbs are not groups of literals */
     for (const char *g = strstr(pat, "(?"); g; g = strstr(g + 2, "(?")) {
         const char *f = g + 2;
         while ((*f >= 'a' && *f <= 'z') || (*f >= 'A' && *f <= 'Z') || *f == '-' || *f == '^') {

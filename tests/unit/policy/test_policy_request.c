@@ -217,6 +217,8 @@ static void test_prefilter_correctness(void)
         {"(?=abc)(?:ab|zz)", false, "zz", false},
         {"_(?:KEY|TOKEN)\\\\s*=", false, "API_TOKEN =", true},
         {"(?:DOB|date of birth):", true, "Date Of Birth:", true},
+        {"(*UCP)abc\\\\w", false, "abcd", true}, /* a verb is no group: "ucp" is no literal of it */
+        {"(*UTF)(?:xyz|zyx)1", false, "zyx1", true},
         {NULL, false, NULL, false}};
     ag_identity id = ident("t", "a", "");
     ag_policy_call call = chat_call(&id, "d");

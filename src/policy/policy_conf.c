@@ -136,6 +136,29 @@ static size_t skip_class(const char *p)
     return p[i] == ']' ? i + 1 : 0;
 }
 
+/* Index just past the ')' closing the group that opens at pat[i], or 0 when unbalanced. */
+static size_t group_end(const char *pat, size_t len, size_t i)
+{
+    int nest = 1;
+    i++;
+    while (nest > 0) {
+        if (i >= len)
+            return 0;
+        if (pat[i] == '\\' && i + 1 < len) {
+            i += 2;
+        } else if (pat[i] == '[') {
+            size_t k = skip_class(pat + i);
+            if (!k)
+                return 0;
+            i += k;
+        } else {
+            nest += pat[i] == '(' ? 1 : pat[i] == ')' ? -1 : 0;
+            i++;
+        }
+    }
+    return i;
+}
+
 static size_t extract_literals_at(const char *pat, char out[][MAX_LITERAL + 1], size_t max, int depth);
 
 /* A group pat[open..close] (close at its ')') that every match passes through: when it is plain
@@ -280,26 +303,9 @@ static size_t extract_literals_at(const char *pat, char out[][MAX_LITERAL + 1], 
         if (c == '(') {
             lit_flush(&b);
             size_t open = i;
-            int nest = 1;
-            i++;
-            while (nest > 0) {
-                if (pat[i] == '\0')
-                    return 0;
-                if (pat[i] == '\\' && pat[i + 1]) {
-                    i += 2;
-                } else if (pat[i] == '[') {
-                    size_t k = skip_class(pat + i);
-                    if (!k)
-                        return 0;
-                    i += k;
-                } else {
-                    if (pat[i] == '(')
-                        nest++;
-                    else if (pat[i] == ')')
-                        nest--;
-                    i++;
-                }
-            }
+            i = group_end(pat, strlen(pat), i);
+            if (!i)
+                return 0;
             size_t close = i - 1; /* its ')' */
             i += quant_at(pat + i, &zero);
             if (!zero) /* the group is required: its alternatives' literals may serve */
@@ -351,6 +357,250 @@ static size_t extract_literals_at(const char *pat, char out[][MAX_LITERAL + 1], 
         i += 1 + q;
     }
     return nalts;
+}
+
+/* ---- regex prefilter: runs of digits, of capitals or digits, of letters or digits ---- */
+
+/* The run kinds (AG_RUN_DIGITS ..., policy_int.h), and what one atom of a pattern can match: a bit
+ * per kind of run whose characters are all it can match. */
+#define ATOM_DIGIT (1u << AG_RUN_DIGITS | 1u << AG_RUN_UPPER | 1u << AG_RUN_ALNUM)
+#define ATOM_UPPER (1u << AG_RUN_UPPER | 1u << AG_RUN_ALNUM)
+#define ATOM_ALNUM (1u << AG_RUN_ALNUM)
+#define ATOM_OTHER 0u
+#define RUN_CAP 1000 /* counts stop here; a longer run needs nothing more */
+
+typedef struct run_req {
+    unsigned n[AG_RUN_KINDS];
+    bool unknown; /* syntax not followed: nothing may be assumed */
+} run_req;
+
+/* What the class p[0..len) ("[...]" with its brackets) can match: ATOM_DIGIT when only ASCII digits,
+ * ATOM_UPPER when only capitals and digits, ATOM_ALNUM when only letters and digits, else
+ * ATOM_OTHER (negation, escapes other than \d, POSIX names, any other character). */
+static unsigned class_kind(const char *p, size_t len)
+{
+    size_t i = 1, end = len - 1;
+    if (p[i] == '^' || p[i] == ']')
+        return ATOM_OTHER;
+    unsigned kind = ATOM_DIGIT;
+    while (i < end) {
+        if (p[i] == '\\') {
+            if (p[i + 1] != 'd')
+                return ATOM_OTHER;
+            i += 2;
+            continue;
+        }
+        if (p[i] == '[')
+            return ATOM_OTHER;
+        char lo = p[i], hi = p[i];
+        if (i + 2 < end && p[i + 1] == '-') {
+            hi = p[i + 2];
+            i += 3;
+        } else {
+            i++;
+        }
+        if (lo > hi)
+            return ATOM_OTHER;
+        if (lo >= 'A' && hi <= 'Z')
+            kind &= ATOM_UPPER;
+        else if (lo >= 'a' && hi <= 'z')
+            kind &= ATOM_ALNUM;
+        else if (!(is_digit_c(lo) && is_digit_c(hi)))
+            return ATOM_OTHER;
+    }
+    return kind;
+}
+
+/* A quantifier at p: its length (0: none) and its minimum count in *min (1 without one). Only the
+ * forms PCRE2 10.42 reads as quantifiers are taken; "{" starting anything else sets *bad. */
+static size_t run_quant(const char *p, unsigned *min, bool *bad)
+{
+    size_t n = 0;
+    *min = 1;
+    if (*p == '*' || *p == '?') {
+        *min = 0;
+        n = 1;
+    } else if (*p == '+') {
+        n = 1;
+    } else if (*p == '{') {
+        const char *q = p + 1;
+        unsigned long v = 0;
+        size_t digits = 0;
+        while (is_digit_c(*q)) {
+            if (v < RUN_CAP)
+                v = v * 10 + (unsigned long)(*q - '0');
+            q++;
+            digits++;
+        }
+        if (*q == ',') {
+            q++;
+            while (is_digit_c(*q))
+                q++;
+        }
+        if (digits == 0 || *q != '}') {
+            *bad = true;
+            return 0;
+        }
+        *min = v < RUN_CAP ? (unsigned)v : RUN_CAP;
+        n = (size_t)(q - p) + 1;
+    }
+    if (n && (p[n] == '?' || p[n] == '+'))
+        n++; /* lazy / possessive */
+    return n;
+}
+
+/* best = max(best, r), then r ends: the runs in progress are over. */
+static void run_end(run_req *best, run_req *r)
+{
+    for (int k = 0; k < AG_RUN_KINDS; k++) {
+        if (r->n[k] > best->n[k])
+            best->n[k] = r->n[k];
+        r->n[k] = 0;
+    }
+}
+
+/* The runs every match of pat[0..len) must hold. In each alternative: consecutive atoms that can
+ * only match characters of a run kind add their minimum counts to a run of that kind; any other
+ * atom ends it; a required plain group counts with its own requirement. Across alternatives the
+ * smallest counts. Whatever this reader does not follow ends a run or makes the whole pattern
+ * unknown, so the result is never more than the truth. *caseless is set when the pattern turns on
+ * (?i) anywhere. */
+static run_req regex_runs_at(const char *pat, size_t len, int depth, bool *caseless)
+{
+    run_req all, best, cur;
+    const run_req unknown = {{0}, true};
+    memset(&best, 0, sizeof best);
+    memset(&cur, 0, sizeof cur);
+    for (int k = 0; k < AG_RUN_KINDS; k++)
+        all.n[k] = RUN_CAP;
+    all.unknown = false;
+    if (depth > MAX_GROUP_DEPTH)
+        return unknown;
+    size_t i = 0;
+    for (;;) {
+        if (i >= len || pat[i] == '|') {
+            run_end(&best, &cur);
+            for (int k = 0; k < AG_RUN_KINDS; k++) {
+                if (best.n[k] < all.n[k])
+                    all.n[k] = best.n[k];
+                best.n[k] = 0;
+            }
+            if (i >= len)
+                return all;
+            i++;
+            continue;
+        }
+        char c = pat[i];
+        unsigned kind = ATOM_OTHER;
+        size_t atom = 1;
+        run_req sub;
+        bool group = false;
+        if (c == '\\') {
+            char e = i + 1 < len ? pat[i + 1] : '\0';
+            atom = 2;
+            if (e == 'd')
+                kind = ATOM_DIGIT;
+            else if (e == '\0' || ((e >= 'a' && e <= 'z') || (e >= 'A' && e <= 'Z') || is_digit_c(e) ||
+                                   (unsigned char)e >= 0x80)) {
+                /* \D \w \s \b ... stand for one character or none; \x, \p, \k, \Q, back
+                 * references and the rest have lengths of their own: not followed */
+                if (!e || !strchr("DwWsShHvVbBAzZG", e))
+                    return unknown;
+            }
+        } else if (c == '[') {
+            atom = skip_class(pat + i);
+            if (!atom || i + atom > len)
+                return unknown;
+            kind = class_kind(pat + i, atom);
+        } else if (c == '(') {
+            size_t end = group_end(pat, len, i);
+            if (!end || pat[i + 1] == '*')
+                return unknown; /* (*UCP) and other verbs change what \d means */
+            atom = end - i;
+            size_t body = i + 1;
+            if (pat[body] == '?' && pat[body + 1] == '#')
+                return unknown; /* a comment ends at its first ')', whatever it holds */
+            if (pat[body] == '?') {
+                size_t k = body + 1;
+                bool opts = false;
+                while (k < end && ((pat[k] >= 'a' && pat[k] <= 'z') || (pat[k] >= 'A' && pat[k] <= 'Z') ||
+                                   pat[k] == '-' || pat[k] == '^')) {
+                    if (pat[k] == 'x')
+                        return unknown; /* extended syntax: spaces and comments */
+                    if (pat[k] == 'i')
+                        *caseless = true;
+                    opts = true;
+                    k++;
+                }
+                if (opts && pat[k] == ')') { /* (?i) and friends: no characters */
+                    run_end(&best, &cur);
+                    i = k + 1;
+                    continue;
+                }
+                if ((opts && pat[k] == ':') || (!opts && (pat[k] == ':' || pat[k] == '>')))
+                    body = k + 1;
+                else
+                    body = 0; /* lookaround, named, branch reset, conditional, ...: a break */
+            }
+            if (body) {
+                group = true;
+                sub = regex_runs_at(pat + body, end - 1 - body, depth + 1, caseless);
+                if (sub.unknown)
+                    return unknown;
+            }
+        } else if (c == ')' || c == '*' || c == '+' || c == '?' || c == '{') {
+            return unknown; /* a quantifier with nothing before it, or a literal brace */
+        } else if (is_digit_c(c)) {
+            kind = ATOM_DIGIT;
+        } else if (c >= 'A' && c <= 'Z') {
+            kind = ATOM_UPPER;
+        } else if (c >= 'a' && c <= 'z') {
+            kind = ATOM_ALNUM;
+        }
+        bool bad = false;
+        unsigned min;
+        size_t q = run_quant(pat + i + atom, &min, &bad);
+        if (bad)
+            return unknown;
+        i += atom + q;
+        if (group) {
+            run_end(&best, &cur);
+            if (min > 0) /* one pass through the group holds its own runs */
+                for (int k = 0; k < AG_RUN_KINDS; k++)
+                    if (sub.n[k] > best.n[k])
+                        best.n[k] = sub.n[k];
+            continue;
+        }
+        /* an atom that can only match a kind's characters extends its run by the atom's minimum
+         * count (also when it may be absent: its neighbours then meet); others end the run */
+        for (int k = 0; k < AG_RUN_KINDS; k++) {
+            if (kind & (1u << k)) {
+                cur.n[k] = cur.n[k] + min < RUN_CAP ? cur.n[k] + min : RUN_CAP;
+            } else {
+                if (cur.n[k] > best.n[k])
+                    best.n[k] = cur.n[k];
+                cur.n[k] = 0;
+            }
+        }
+    }
+}
+
+/* A rule's run requirements (0 where nothing is known). Letters count only in a case-sensitive
+ * pattern: caseless, PCRE2 lets k and s match the Kelvin sign and the long s, and a capital its
+ * small letter. */
+static void regex_runs(const char *pat, bool caseless, uint16_t need[AG_RUN_KINDS])
+{
+    memset(need, 0, AG_RUN_KINDS * sizeof need[0]);
+    if (strstr(pat, "\\Q"))
+        return;
+    run_req r = regex_runs_at(pat, strlen(pat), 0, &caseless);
+    if (r.unknown)
+        return;
+    need[AG_RUN_DIGITS] = (uint16_t)r.n[AG_RUN_DIGITS];
+    if (!caseless) {
+        need[AG_RUN_UPPER] = (uint16_t)r.n[AG_RUN_UPPER];
+        need[AG_RUN_ALNUM] = (uint16_t)r.n[AG_RUN_ALNUM];
+    }
 }
 
 /* ---- helpers ---- */
@@ -483,6 +733,9 @@ static int parse_regex(ag_policy *pol, ag_pol_rule *ru, uint32_t idx, const cJSO
         return ag_conf_fail(err, path, "regex", "rule \"%s\": the pattern can match the empty "
                             "string", ru->name);
     ru->jit = pcre2_jit_compile(ru->re, PCRE2_JIT_COMPLETE) == 0; /* else the interpreter runs it */
+    regex_runs(rv->valuestring, ci, ru->need_run);
+    for (int k = 0; k < AG_RUN_KINDS; k++)
+        ru->needs_runs |= ru->need_run[k] > 0;
 
     const cJSON *pf = ag_conf_get(obj, "prefilter");
     if (pf) {

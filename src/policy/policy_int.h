@@ -45,6 +45,14 @@ typedef enum ag_pol_onerr {
     AG_ONERR_MATCH,
 } ag_pol_onerr;
 
+/* Kinds of character runs a regex rule can require (ASCII only: \d and classes without UCP). */
+enum {
+    AG_RUN_DIGITS = 0, /* 0-9 */
+    AG_RUN_UPPER,      /* A-Z 0-9 */
+    AG_RUN_ALNUM,      /* A-Z a-z 0-9 */
+    AG_RUN_KINDS
+};
+
 typedef struct ag_pol_rule {
     char *name;
     ag_pol_kind kind;
@@ -61,6 +69,10 @@ typedef struct ag_pol_rule {
     pcre2_code *re;
     bool jit;                 /* JIT-compiled: matched with pcre2_jit_match */
     bool prefiltered;         /* runs only when one of its literals occurs */
+    /* Every match holds a run of this many consecutive characters of each kind: a text whose
+     * longest run is shorter is not searched (policy_conf.c, regex_runs). 0: nothing known. */
+    uint16_t need_run[AG_RUN_KINDS];
+    bool needs_runs;          /* one of them is not 0 */
     ag_pol_onerr on_error;
     /* keywords */
     bool whole_word;
@@ -167,6 +179,9 @@ struct ag_policy_scratch {
     const ag_pol_view *view;
     uint32_t cur_text;
     int oom;
+    bool runs_known;          /* run_yes / run_no set up for the current text */
+    uint16_t run_yes[AG_RUN_KINDS]; /* a run this long of each kind is in the current text */
+    uint16_t run_no[AG_RUN_KINDS];  /* no run this long is (UINT16_MAX: not known) */
 };
 
 /* Sizes the scratch's per-rule arrays for pol. Returns 0 or -1. */

@@ -261,6 +261,105 @@ static int det_cb(void *arg, const ag_detect_hit *h)
     return s->oom;
 }
 
+/* Per byte: bit k set when the byte belongs to run kind k (AG_RUN_DIGITS, _UPPER, _ALNUM). */
+static const uint8_t run_class[256] = {
+    ['0'] = 7, ['1'] = 7, ['2'] = 7, ['3'] = 7, ['4'] = 7, ['5'] = 7, ['6'] = 7, ['7'] = 7, ['8'] = 7, ['9'] = 7,
+    ['A'] = 6, ['B'] = 6, ['C'] = 6, ['D'] = 6, ['E'] = 6, ['F'] = 6, ['G'] = 6, ['H'] = 6, ['I'] = 6, ['J'] = 6,
+    ['K'] = 6, ['L'] = 6, ['M'] = 6, ['N'] = 6, ['O'] = 6, ['P'] = 6, ['Q'] = 6, ['R'] = 6, ['S'] = 6, ['T'] = 6,
+    ['U'] = 6, ['V'] = 6, ['W'] = 6, ['X'] = 6, ['Y'] = 6, ['Z'] = 6,
+    ['a'] = 4, ['b'] = 4, ['c'] = 4, ['d'] = 4, ['e'] = 4, ['f'] = 4, ['g'] = 4, ['h'] = 4, ['i'] = 4, ['j'] = 4,
+    ['k'] = 4, ['l'] = 4, ['m'] = 4, ['n'] = 4, ['o'] = 4, ['p'] = 4, ['q'] = 4, ['r'] = 4, ['s'] = 4, ['t'] = 4,
+    ['u'] = 4, ['v'] = 4, ['w'] = 4, ['x'] = 4, ['y'] = 4, ['z'] = 4};
+
+/* True when t[0..len) holds n consecutive bytes of run kind k. Looks at the last byte of each window
+ * of n first: a byte outside the kind rules out every window holding it, so on text without long
+ * runs most bytes are never read (the check costs about len / n steps). */
+static bool has_run(const unsigned char *t, size_t len, unsigned k, size_t n)
+{
+    const unsigned bit = 1u << k;
+    size_t i = n - 1; /* the end of the window under test */
+    while (i < len) {
+        if (!(run_class[t[i]] & bit)) {
+            i += n;
+            continue;
+        }
+        size_t run = 1; /* t[i] is in; extend back, then forward */
+        while (run < n && (run_class[t[i - run]] & bit))
+            run++;
+        if (run == n)
+            return true;
+        size_t j = i + 1;
+        while (j < len && run < n && (run_class[t[j]] & bit)) {
+            run++;
+            j++;
+        }
+        if (run == n)
+            return true;
+        i = j + n; /* t[j] is out (or the end): the next window ends n bytes past it */
+    }
+    return false;
+}
+
+/* True when the 8 bytes of x hold an ASCII digit. */
+static bool word_has_digit(uint64_t x)
+{
+    const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+    uint64_t low7 = x & ~high;
+    /* per byte, without carries between bytes: (low7 + (0x80 - '0')) sets the high bit when the
+     * byte is >= '0', (low7 + (0x80 - ('9' + 1))) when >= '9' + 1; bytes >= 0x80 are not digits */
+    uint64_t ge0 = low7 + ones * (0x80 - '0');
+    uint64_t gt9 = low7 + ones * (0x80 - ('9' + 1));
+    return (ge0 & ~gt9 & ~x & high) != 0;
+}
+
+/* True when the current text holds a run of at least n bytes of kind k; answers are kept per text
+ * (the longest run known present, the shortest known absent). */
+static bool text_has_run(ag_policy_scratch *s, unsigned k, unsigned n)
+{
+    const unsigned char *t = (const unsigned char *)s->norm.text;
+    size_t len = s->norm.len;
+    if (!s->runs_known) {
+        /* digits are rare in prose: one pass eight bytes at a time settles "no digit at all" */
+        size_t i = 0;
+        bool digit = false;
+        for (; i + 8 <= len && !digit; i += 8) {
+            uint64_t x;
+            memcpy(&x, t + i, 8);
+            digit = word_has_digit(x);
+        }
+        for (; i < len && !digit; i++)
+            digit = (unsigned)(t[i] - '0') < 10u;
+        for (unsigned j = 0; j < AG_RUN_KINDS; j++) {
+            s->run_yes[j] = 0;
+            s->run_no[j] = UINT16_MAX;
+        }
+        if (!digit)
+            s->run_no[AG_RUN_DIGITS] = 1;
+        s->runs_known = true;
+    }
+    if (n <= s->run_yes[k])
+        return true;
+    if (n >= s->run_no[k])
+        return false;
+    bool yes = has_run(t, len, k, n);
+    if (yes)
+        s->run_yes[k] = (uint16_t)n;
+    else
+        s->run_no[k] = (uint16_t)n;
+    return yes;
+}
+
+/* True when the current text has runs as long as every match of rule ru needs. */
+static bool runs_suffice(ag_policy_scratch *s, const ag_pol_rule *ru)
+{
+    if (!ru->needs_runs)
+        return true;
+    for (unsigned k = 0; k < AG_RUN_KINDS; k++)
+        if (ru->need_run[k] && !text_has_run(s, k, ru->need_run[k]))
+            return false;
+    return true;
+}
+
 static void run_regex(const ag_policy *pol, ag_policy_scratch *s, uint32_t r)
 {
     const ag_pol_rule *ru = &pol->rules[r];
@@ -331,6 +430,7 @@ int ag_pol_scan(const ag_policy *pol, ag_policy_scratch *s, const ag_pol_view *v
     s->view = view;
     s->cur_text = text_id;
     s->oom = 0;
+    s->runs_known = false;
     s->sig_cand = 0;
     size_t words = (pol->nrules + 63) / 64;
     memset(s->cand, 0, (words ? words : 1) * sizeof *s->cand);
@@ -349,6 +449,8 @@ int ag_pol_scan(const ag_policy *pol, ag_policy_scratch *s, const ag_pol_view *v
                 continue;
             if (ru->prefiltered && !((s->cand[r / 64] >> (r % 64)) & 1u))
                 continue;
+            if (!runs_suffice(s, ru))
+                continue; /* no run long enough for any match */
             run_regex(pol, s, (uint32_t)r);
         }
     }

@@ -233,9 +233,69 @@ static void test_derived_prefilters(void)
     }
 }
 
+/* The runs of digits, and of letters or digits, that every match of a pattern needs: a text
+ * without them is not searched. Soundness is test_policy_request's (run prefilter property). */
+static void test_derived_runs(void)
+{
+    static const struct { const char *re; bool ci; int digits, upper, alnums; } cases[] = {
+        {"\\\\b[A-CEGHJ-PR-TW-Z]{2}\\\\d{6}[A-D]\\\\b", false, 6, 9, 9}, /* UK national insurance */
+        {"\\\\b\\\\d{3}-\\\\d{3}-\\\\d{3}\\\\b", false, 3, 3, 3},
+        {"\\\\bDL\\\\s*[:#]\\\\s*[A-Z]\\\\d{7}\\\\b", false, 7, 8, 8},
+        {"\\\\bSK[0-9a-fA-F]{32}\\\\b", false, 0, 2, 34},
+        {"\\\\b(?:bc1[a-z0-9]{25,39}|[13][a-km-zA-HJ-NP-Z1-9]{25,34})\\\\b", false, 1, 1, 26},
+        {"\\\\b0x[a-fA-F0-9]{40}\\\\b", false, 1, 1, 42},
+        {"\\\\b[A-Z0-9]{5}(?:-[A-Z0-9]{5}){4}\\\\b", false, 0, 5, 5},
+        {"\\\\b[A-HJ-NPR-Z0-9]{17}\\\\b", false, 0, 17, 17},
+        {"\\\\b(?:INC|CHG|PRB|RITM)\\\\d{7}\\\\b", false, 7, 7, 7},
+        {"x\\\\d?\\\\d{2}", false, 2, 2, 3},              /* an optional digit keeps the run */
+        {"\\\\d{3}x?\\\\d{3}", false, 3, 3, 6},           /* an optional letter ends the digit run */
+        {"\\\\d{3}[-.]?\\\\d{4}", false, 4, 4, 4},
+        {"(\\\\d{3})+ab", false, 3, 3, 3},                /* a required group counts on its own */
+        {"(\\\\d{3})?ab", false, 0, 0, 2},                /* an optional one does not */
+        {"\\\\d{4}|abc", false, 0, 0, 3},                 /* alternatives: the smaller */
+        {"\\\\d{4}(?=x)", false, 4, 4, 4},
+        {"[^0-9]\\\\d{2}", false, 2, 2, 2},
+        {"[0-9\\\\d]{2}", false, 2, 2, 2},
+        {"abc\\\\d{4}", true, 4, 0, 0},                   /* caseless: letters do not count */
+        {"(?i)abc\\\\d{4}", false, 4, 0, 0},
+        {"ab(?i:c)\\\\d{4}", false, 4, 0, 0},
+        {"AB12cd", false, 2, 4, 6},
+        {"[A-Za-z]{3}[A-F0-9]{2}", false, 0, 2, 5},
+        {"\\\\w{9}\\\\d", false, 1, 1, 1},                /* \\w holds '_' */
+        {"\\\\x41{3}\\\\d{2}", false, 0, 0, 0},           /* not followed: nothing known */
+        {"a{,3}1234", false, 0, 0, 0},
+        {"(*UCP)\\\\d{4}", false, 0, 0, 0},
+        {"(?x)\\\\d{4}", false, 0, 0, 0},
+        {"\\\\Q12\\\\E\\\\d{4}", false, 0, 0, 0},
+        {"(?#a)\\\\d{4}", false, 0, 0, 0},
+        {"(\\\\d)\\\\1{3}", false, 0, 0, 0},
+        {"\\\\d{2000}", false, 1000, 1000, 1000},            /* counts stop at 1000 */
+        {NULL, false, 0, 0, 0}};
+    for (size_t k = 0; cases[k].re; k++) {
+        char js[320];
+        snprintf(js, sizeof js, "{\"rules\":[{\"name\":\"r\",\"regex\":\"%s\",\"case_insensitive\":%s,"
+                 "\"action\":\"flag\"}]}", cases[k].re, cases[k].ci ? "true" : "false");
+        ag_policy *pol = load(js);
+        CHECK(pol != NULL);
+        if (!pol)
+            continue;
+        const ag_pol_rule *ru = &pol->rules[0];
+        if (ru->need_run[AG_RUN_DIGITS] != cases[k].digits || ru->need_run[AG_RUN_UPPER] != cases[k].upper ||
+            ru->need_run[AG_RUN_ALNUM] != cases[k].alnums) {
+            check_failures++;
+            fprintf(stderr, "%s:%d: /%s/ needs runs %d %d %d; expected %d %d %d\n", __FILE__, __LINE__,
+                    cases[k].re, ru->need_run[AG_RUN_DIGITS], ru->need_run[AG_RUN_UPPER],
+                    ru->need_run[AG_RUN_ALNUM], cases[k].digits, cases[k].upper, cases[k].alnums);
+        }
+        check_count++;
+        ag_policy_free(pol);
+    }
+}
+
 int main(void)
 {
     test_derived_prefilters();
+    test_derived_runs();
     test_enterprise_file();
     test_defaults();
     test_errors();

@@ -219,6 +219,19 @@ static void test_prefilter_correctness(void)
         {"(?:DOB|date of birth):", true, "Date Of Birth:", true},
         {"(*UCP)abc\\\\w", false, "abcd", true}, /* a verb is no group: "ucp" is no literal of it */
         {"(*UTF)(?:xyz|zyx)1", false, "zyx1", true},
+        /* run requirements: a separator that may be absent still ends a run when present */
+        {"a-?b", false, "a-b", true},
+        {"a-?b", false, "ab", true},
+        {"\\\\d{3}x?\\\\d{3}", false, "123x456", true},
+        {"\\\\d{3}[-.]?\\\\d{4}", false, "555-1234", true},
+        {"\\\\d{3}[-.]?\\\\d{4}", false, "555-123", false},
+        {"(?:1|a)2", false, "a2", true},
+        {"[A-Z]{2}-?[A-Z0-9]{2}", false, "AB-C1", true},
+        {"[A-Z]{2}-?[A-Z0-9]{2}", false, "AB-c1", false},
+        {"\\\\b[A-Z]{2}\\\\d{6}[A-D]\\\\b", false, "AB123456C", true},
+        {"\\\\b[A-Z]{2}\\\\d{6}[A-D]\\\\b", false, "AB12345C", false},
+        {"k\\\\d{2}s", true, "\xe2\x84\xaa" "12" "\xc5\xbf", true}, /* Kelvin sign and long s, caseless */
+        {"\\\\d\\\\d", false, "1\xd9\xa3" "2", false},     /* Arabic-Indic three is no \\d */
         {NULL, false, NULL, false}};
     ag_identity id = ident("t", "a", "");
     ag_policy_call call = chat_call(&id, "d");
@@ -246,22 +259,16 @@ static void test_prefilter_correctness(void)
 /* Property: for random patterns and texts, the policy (prefilter + regex) blocks exactly when the
  * regex matches the normalised text directly. A prefilter literal stricter than its pattern would
  * show up as a miss. */
-static void test_prefilter_property(void)
+static void prefilter_property(const char *const *tok, size_t ntok, const char *const *alpha, size_t nalpha,
+                               unsigned seed, int patterns)
 {
-    static const char *const tok[] = {
-        "a", "b", "c", "ab", "abc", "bca", "?", "*", "+", "{0,2}", "{2}", "{1,}", "|", "(", ")",
-        "(?:", "(?>", "abca", "cab", "[ab]", "[^c]", ".", "\\.", "\\d", "\\b", "\\s", " ", "\\x61", "(?=a)",
-        "(?i)", "A", "B", "x{0}", "\\Qab|c\\E", "\\x{61}", "[a-c]{2}", "(?i:ab)", "{", "}",
-        "(a)\\1", "\\0141", "(?x)a b", "[]a]", "a++", "ab??", "(?<n>ab)\\k<n>", "\\{"};
-    const size_t ntok = sizeof tok / sizeof tok[0];
-    unsigned seed = 2024;
     ag_norm n;
     ag_norm_init(&n);
     pcre2_match_data *md = pcre2_match_data_create(1, NULL);
     ag_policy_call call = {NULL, "d", "completions"};
     int tested = 0, mismatches = 0;
-    for (int it = 0; it < 4000; it++) {
-        char pat[256] = "", esc[520], js[700], text[16];
+    for (int it = 0; it < patterns; it++) {
+        char pat[256] = "", esc[520], js[700], text[64];
         int k = 1 + (int)((seed = seed * 1103515245u + 12345u) >> 8) % 8;
         for (int j = 0; j < k; j++)
             strcat(pat, tok[((seed = seed * 1103515245u + 12345u) >> 8) % ntok]);
@@ -295,9 +302,12 @@ static void test_prefilter_property(void)
         }
         CHECK_INT(rc, 0);
         for (int t = 0; pol && t < 8; t++) {
-            size_t L = 1 + ((seed = seed * 1103515245u + 12345u) >> 8) % 12;
-            for (size_t j = 0; j < L; j++)
-                text[j] = "abcABC. 1{}"[((seed = seed * 1103515245u + 12345u) >> 8) % 11];
+            size_t pieces = 1 + ((seed = seed * 1103515245u + 12345u) >> 8) % 12, L = 0;
+            for (size_t j = 0; j < pieces; j++) {
+                const char *a = alpha[((seed = seed * 1103515245u + 12345u) >> 8) % nalpha];
+                memcpy(text + L, a, strlen(a));
+                L += strlen(a);
+            }
             text[L] = '\0';
             ag_norm_run(&n, text, L);
             bool direct = pcre2_match(re, (PCRE2_SPTR)n.text, n.len, 0, 0, md, NULL) >= 0;
@@ -320,10 +330,106 @@ static void test_prefilter_property(void)
         ag_policy_free(pol);
         pcre2_code_free(re);
     }
-    CHECK(tested > 3000);
+    CHECK(tested > patterns * 3 / 4);
     CHECK_INT(mismatches, 0);
     pcre2_match_data_free(md);
     ag_norm_free(&n);
+}
+
+/* The run prefilter on long texts: one secret in 3 KB of prose (no digits, one capital per
+ * sentence), at every offset of a stretch that crosses 8-byte words, is found; the same secret one
+ * character short is not. Patterns without any literal to prefilter on (policy-regex-50.json). */
+static void test_run_prefilter_long_texts(void)
+{
+    static const struct { const char *re, *secret, *short_secret; } cases[] = {
+        {"\\\\b[A-HJ-NPR-Z0-9]{17}\\\\b", "1HGCM82633A004352", "1HGCM82633A00435"},
+        {"\\\\bSK[0-9a-fA-F]{32}\\\\b", "SK0123456789abcdef0123456789ABCDEF", "SK0123456789abcdef0123456789ABCDE"},
+        {"\\\\b[A-CEGHJ-PR-TW-Z]{2}\\\\d{6}[A-D]\\\\b", "AB123456C", "AB12345C"},
+        {"\\\\b[A-Z0-9]{5}(?:-[A-Z0-9]{5}){4}\\\\b", "ABCDE-12345-FGHIJ-67890-KLMNO", "ABCDE-12345-FGHIJ-67890-KLMN"},
+        {"\\\\b\\\\d{3}-\\\\d{3}-\\\\d{3}\\\\b", "046-454-286", "046-454-28"},
+        {NULL, NULL, NULL}};
+    static const char prose[] = "The quarterly report shows steady growth across all regions, with costs "
+                                "under control and a healthy pipeline. ";
+    ag_identity id = ident("t", "a", "");
+    ag_policy_call call = chat_call(&id, "d");
+    char *text = malloc(4096), *req = malloc(4200);
+    for (size_t k = 0; cases[k].re; k++) {
+        char pj[256];
+        snprintf(pj, sizeof pj, "{\"rules\":[{\"name\":\"r\",\"regex\":\"%s\",\"action\":\"block\"}]}",
+                 cases[k].re);
+        ag_policy *pol = mkpol(pj);
+        if (!pol)
+            continue;
+        for (int shorter = 0; shorter < 2; shorter++) {
+            const char *sec = shorter ? cases[k].short_secret : cases[k].secret;
+            for (size_t at = 1500; at < 1500 + 24; at++) {
+                size_t n = 0;
+                while (n < at) { /* prose up to the offset, then a space */
+                    size_t take = sizeof prose - 1 < at - n ? sizeof prose - 1 : at - n;
+                    memcpy(text + n, prose, take);
+                    n += take;
+                }
+                text[n - 1] = ' ';
+                memcpy(text + n, sec, strlen(sec));
+                n += strlen(sec);
+                while (n < 3000) {
+                    size_t take = sizeof prose - 1 < 3000 - n ? sizeof prose - 1 : 3000 - n;
+                    memcpy(text + n, " ", 1);
+                    memcpy(text + n + 1, prose, take - 1);
+                    n += take;
+                }
+                text[n] = '\0';
+                snprintf(req, 4200, "{\"prompt\":\"%s\"}", text);
+                ag_policy_result r;
+                ag_policy_verdict v = run(pol, &call, req, &r);
+                if ((v == AG_VERDICT_BLOCK) == (bool)shorter) {
+                    check_failures++;
+                    fprintf(stderr, "run prefilter: /%s/ with \"%s\" at %zu: verdict %s\n", cases[k].re, sec, at,
+                            ag_policy_verdict_name(v));
+                }
+                check_count++;
+                ag_policy_result_clear(&r);
+            }
+        }
+        ag_policy_free(pol);
+    }
+    free(text);
+    free(req);
+}
+
+/* The literal prefilter's patterns and texts. */
+static void test_prefilter_property(void)
+{
+    static const char *const tok[] = {
+        "a", "b", "c", "ab", "abc", "bca", "?", "*", "+", "{0,2}", "{2}", "{1,}", "|", "(", ")",
+        "(?:", "(?>", "abca", "cab", "[ab]", "[^c]", ".", "\\.", "\\d", "\\b", "\\s", " ", "\\x61", "(?=a)",
+        "(?i)", "A", "B", "x{0}", "\\Qab|c\\E", "\\x{61}", "[a-c]{2}", "(?i:ab)", "{", "}",
+        "(a)\\1", "\\0141", "(?x)a b", "[]a]", "a++", "ab??", "(?<n>ab)\\k<n>", "\\{"};
+    static const char *const alpha[] = {"a", "b", "c", "A", "B", "C", ".", " ", "1", "{", "}"};
+    prefilter_property(tok, sizeof tok / sizeof tok[0], alpha, sizeof alpha / sizeof alpha[0], 2024, 4000);
+}
+
+/* The run prefilter (regexes skipped when the text has no run of digits, or of letters and digits,
+ * as long as every match needs): patterns of digit and letter atoms, texts with runs of both, and
+ * the Kelvin sign and long s that caseless k and s match. */
+static void test_run_prefilter_property(void)
+{
+    static const char *const tok[] = {
+        "1", "2", "7", "\\d", "\\d{2}", "\\d{3,}", "\\d{1,2}", "[0-9]", "[13]", "[0-9a-f]", "[A-Z]",
+        "[a-z0-9]{2}", "[A-HJ-NPR-Z0-9]", "[^0-9]", "[0-9-]", "[a-]", "[\\d]", "[\\w]", "a", "Z", "k", "s",
+        "K", "?", "*", "+", "{2}", "{0,2}", "{3}", "{,2}", "|", "(", ")", "(?:", "(?>", "(?i)", "(?i:",
+        "(?-i)", "(?=1)", "(?!1)", "(?<=1)", "-", "\\b", "\\s", "\\w", "\\D", ".", "x{0}", "(*UCP)",
+        "(?#1)", "\\x31", "\\Q12\\E", "(\\d)\\1", "(?1)", "(?R)", "(?|", "\\N", "[[:digit:]]", "\\p{Nd}"};
+    static const char *const alpha[] = {"0", "1", "2", "3", "7", "9", "11", "123", "4567", "a", "k", "s",
+                                        "z", "A", "K", "S", "Z", "-", ".", " ", "\xe2\x84\xaa",
+                                        "\xc5\xbf", "\xd9\xa3"};
+    prefilter_property(tok, sizeof tok / sizeof tok[0], alpha, sizeof alpha / sizeof alpha[0], 77, 4000);
+    prefilter_property(tok, sizeof tok / sizeof tok[0], alpha, sizeof alpha / sizeof alpha[0], 4242, 4000);
+    /* few tokens, so that optional separators between runs ("1-?2") come up often */
+    static const char *const dense[] = {"1", "a", "[0-9]", "-", "?", "{2}", "|", "(?:", ")"};
+    static const char *const dense_alpha[] = {"1", "a", "-", "11", "aa"};
+    prefilter_property(dense, sizeof dense / sizeof dense[0], dense_alpha,
+                       sizeof dense_alpha / sizeof dense_alpha[0], 99, 12000);
 }
 
 static void test_scoping(void)
@@ -841,6 +947,8 @@ int main(void)
     test_normalised_matching();
     test_prefilter_correctness();
     test_prefilter_property();
+    test_run_prefilter_property();
+    test_run_prefilter_long_texts();
     test_scoping();
     test_constraints();
     test_catastrophic_regex();

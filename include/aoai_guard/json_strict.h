@@ -42,6 +42,15 @@ const char *ag_json_status_str(ag_json_status status);
  * use it to skip ordinary text. */
 size_t ag_json_plain_prefix(const char *s, size_t len);
 
+/* Skips JSON whitespace at p; returns the first other byte (or end). */
+const char *ag_json_skip_ws(const char *p, const char *end);
+
+/* Skips one JSON value at p without building it, accepting only strict JSON that cJSON reads the
+ * same way: no \u escapes (whose surrogate rules differ), at most 32 levels, and something after
+ * the value (a number or literal cannot end the text). Returns where the value ends, or NULL for
+ * anything else: the caller then leaves the text to cJSON. */
+const char *ag_json_skip_value(const char *p, const char *end);
+
 /* Checks that s[0..len) is well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF).
  * Returns len when valid, else the offset of the first bad byte. */
 size_t ag_utf8_valid_prefix(const unsigned char *s, size_t len);

@@ -17,6 +17,9 @@ int ag_usage_parse(const cJSON *usage, ag_usage *out);
 void ag_usage_from_json_response(ag_request *req, const char *body, size_t len);
 /* The same from a response already parsed (root may be NULL); root is not changed. */
 void ag_usage_from_json_tree(ag_request *req, const cJSON *root);
+/* The same from a response held for the response policy: usage scanned from body, the text from
+ * root (a resp_doc.h tree: "choices", "output", "object"; may be NULL). root is not changed. */
+void ag_usage_from_held_response(ag_request *req, const cJSON *root, const char *body, size_t len);
 
 /* Takes usage and text deltas from one streamed event (chat/completions chunks or Responses API
  * typed events). Returns 1 when the event is the usage-only chunk that include_usage adds

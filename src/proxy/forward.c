@@ -25,6 +25,7 @@
 #include "aoai_guard/policy_stream.h"
 #include "aoai_guard/sse.h"
 #include "aoai_guard/upstream.h"
+#include "aoai_guard/resp_doc.h"
 #include "aoai_guard/usage.h"
 #include "aoai_guard/worker.h"
 
@@ -574,24 +575,25 @@ static void ex_fail(ag_exchange *ex, int status, const char *code, const char *m
     ag_request_error(r, status, code, msg, NULL, false);
 }
 
-/* A JSON response held for response-side policy: inspect, redact, then send it whole. */
-/* Sends the response held for response-side policy; doc is its parsed body (or NULL), taken. */
-static void ex_send_buffered(ag_exchange *ex, cJSON *doc)
+/* Sends the response held for response-side policy: inspect, redact, then send it whole. doc is
+ * its parsed body (doc->root NULL: not JSON), freed here. */
+static void ex_send_buffered(ag_exchange *ex, ag_resp_doc *doc)
 {
     ag_request *r = ex->req;
     char *text = NULL;
-    if (doc) {
+    size_t tlen = 0;
+    if (doc->root) {
         ag_policy_call call = {&r->identity, r->route.deployment[0] ? r->route.deployment : NULL,
                                r->route.operation};
         bool modified = false;
-        ag_policy_inspect_response(r->cfg->policy, r->worker->policy_scratch, &call, doc, &r->policy_decisions,
-                                   &modified);
+        ag_policy_inspect_response(r->cfg->policy, r->worker->policy_scratch, &call, doc->root,
+                                   &r->policy_decisions, &modified);
         if (modified)
-            text = cJSON_PrintUnformatted(doc);
-        cJSON_Delete(doc);
+            text = ag_resp_doc_print(doc, r->resp_json, r->resp_json_len, &tlen);
     }
+    ag_resp_doc_free(doc);
     const char *body = text ? text : (r->resp_json ? r->resp_json : "");
-    size_t blen = text ? strlen(text) : r->resp_json_len;
+    size_t blen = text ? tlen : r->resp_json_len;
     ex_send_head(ex, (long long)blen);
     ag_response_body(r, body, blen);
     cJSON_free(text);
@@ -608,21 +610,24 @@ static void ex_finish(ag_exchange *ex)
     }
     if (r->policy_sse)
         ag_policy_sse_decisions(r->policy_sse, &r->policy_decisions);
-    /* A response held for the response policy is parsed once, for the policy and for usage. */
-    cJSON *doc = NULL;
+    /* A response held for the response policy is parsed once (where the policy and the audit text
+     * read it), for the policy and for usage. */
+    ag_resp_doc doc = {0};
     if (r->resp_buffered && r->resp_json) {
         ag_json_arena_enter(&r->json_arena); /* deleted below, in ex_send_buffered */
-        doc = cJSON_ParseWithLength(r->resp_json, r->resp_json_len);
+        ag_resp_doc_parse(&doc, r->resp_json, r->resp_json_len);
         ag_json_arena_leave();
     }
     if (ex->is_json && r->resp_json && !r->resp_json_overflow) {
-        if (doc)
-            ag_usage_from_json_tree(r, doc);
+        if (doc.root)
+            ag_usage_from_held_response(r, doc.root, r->resp_json, r->resp_json_len);
         else
             ag_usage_from_json_response(r, r->resp_json, r->resp_json_len);
     }
     if (r->resp_buffered)
-        ex_send_buffered(ex, doc);
+        ex_send_buffered(ex, &doc);
+    else
+        ag_resp_doc_free(&doc);
     bool reusable = llhttp_should_keep_alive(&ex->parser);
     ag_upconn *uc = ex->uc;
     ex->uc = NULL;

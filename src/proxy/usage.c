@@ -100,101 +100,6 @@ static const char *find_usage_object(const char *text, size_t len)
     return NULL;
 }
 
-static const char *skip_ws(const char *p, const char *end)
-{
-    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
-        p++;
-    return p;
-}
-
-/* Skips one JSON value, accepting only strict JSON that cJSON also reads the same way (no \u
- * escapes, whose surrogate rules differ; at most 32 levels). Returns where the value ends, or NULL
- * for anything else: the caller then leaves the whole object to cJSON. */
-static const char *skip_value(const char *p, const char *end, int depth)
-{
-    if (p >= end || depth > 32)
-        return NULL;
-    char c = *p;
-    if (c == '"') {
-        for (p++; p < end; p++) {
-            p += ag_json_plain_prefix(p, (size_t)(end - p)); /* ordinary text, eight bytes at a time */
-            if (p >= end)
-                break;
-            unsigned char b = (unsigned char)*p;
-            if (b == '"')
-                return p + 1;
-            if (b < 0x20)
-                return NULL;
-            if (b == '\\') {
-                if (++p >= end || !strchr("\"\\/bfnrt", *p) || *p == 0)
-                    return NULL;
-            }
-        }
-        return NULL;
-    }
-    if (c == '{' || c == '[') {
-        char close = c == '{' ? '}' : ']';
-        p = skip_ws(p + 1, end);
-        if (p < end && *p == close)
-            return p + 1;
-        for (;;) {
-            if (c == '{') {
-                if (p >= end || *p != '"')
-                    return NULL;
-                p = skip_value(p, end, depth + 1);
-                if (!p)
-                    return NULL;
-                p = skip_ws(p, end);
-                if (p >= end || *p != ':')
-                    return NULL;
-                p = skip_ws(p + 1, end);
-            }
-            p = skip_value(p, end, depth + 1);
-            if (!p)
-                return NULL;
-            p = skip_ws(p, end);
-            if (p < end && *p == ',') {
-                p = skip_ws(p + 1, end);
-                continue;
-            }
-            return p < end && *p == close ? p + 1 : NULL;
-        }
-    }
-    if (c == '-' || (c >= '0' && c <= '9')) {
-        if (c == '-')
-            p++;
-        if (p >= end || *p < '0' || *p > '9')
-            return NULL;
-        if (*p == '0')
-            p++;
-        else
-            while (p < end && *p >= '0' && *p <= '9')
-                p++;
-        if (p < end && *p == '.') {
-            if (++p >= end || *p < '0' || *p > '9')
-                return NULL;
-            while (p < end && *p >= '0' && *p <= '9')
-                p++;
-        }
-        if (p < end && (*p == 'e' || *p == 'E')) {
-            p++;
-            if (p < end && (*p == '+' || *p == '-'))
-                p++;
-            if (p >= end || *p < '0' || *p > '9')
-                return NULL;
-            while (p < end && *p >= '0' && *p <= '9')
-                p++;
-        }
-        return p < end ? p : NULL;
-    }
-    static const char *const lits[3] = {"true", "false", "null"};
-    for (int i = 0; i < 3; i++) {
-        size_t n = strlen(lits[i]);
-        if ((size_t)(end - p) > n && memcmp(p, lits[i], n) == 0)
-            return p + n;
-    }
-    return NULL;
-}
 
 /* The usage object read in place, without building a tree: the five counters Azure sends, as
  * plain non-negative integers; everything else is skipped. Returns 1 when it read the object
@@ -208,7 +113,7 @@ static int usage_scan(const char *p, const char *end, ag_usage *out, bool *found
     bool seen[5] = {false};
     if (p >= end || *p != '{')
         return 0;
-    p = skip_ws(p + 1, end);
+    p = ag_json_skip_ws(p + 1, end);
     if (p < end && *p == '}')
         goto done;
     for (;;) {
@@ -219,10 +124,10 @@ static int usage_scan(const char *p, const char *end, ag_usage *out, bool *found
         if (p >= end || *p != '"')
             return 0;
         size_t kl = (size_t)(p - k);
-        p = skip_ws(p + 1, end);
+        p = ag_json_skip_ws(p + 1, end);
         if (p >= end || *p != ':')
             return 0;
-        p = skip_ws(p + 1, end);
+        p = ag_json_skip_ws(p + 1, end);
         int which = -1;
         for (int i = 0; i < 5; i++)
             if (strlen(keys[i]) == kl && memcmp(keys[i], k, kl) == 0)
@@ -245,16 +150,16 @@ static int usage_scan(const char *p, const char *end, ag_usage *out, bool *found
             } else if (p < end && *p == '-') {
                 return 0;
             } else {
-                p = skip_value(p, end, 0); /* not a number: the counter is absent */
+                p = ag_json_skip_value(p, end); /* not a number: the counter is absent */
             }
         } else {
-            p = skip_value(p, end, 0);
+            p = ag_json_skip_value(p, end);
         }
         if (!p)
             return 0;
-        p = skip_ws(p, end);
+        p = ag_json_skip_ws(p, end);
         if (p < end && *p == ',') {
-            p = skip_ws(p + 1, end);
+            p = ag_json_skip_ws(p + 1, end);
             continue;
         }
         if (p < end && *p == '}')
@@ -288,18 +193,30 @@ static int usage_only_parse(ag_request *r, const char *text, size_t len)
     return found;
 }
 
-void ag_usage_from_json_tree(ag_request *r, const cJSON *root)
+/* The completion text of a parsed response (chat/completions, completions or responses). */
+static void take_text(ag_request *r, const cJSON *root)
 {
-    if (!root)
-        return;
-    ag_usage_parse(cJSON_GetObjectItemCaseSensitive(root, "usage"), &r->usage);
-    if (!r->want_text)
-        return;
     const cJSON *object = cJSON_GetObjectItemCaseSensitive(root, "object");
     if (cJSON_IsString(object) && strcmp(object->valuestring, "response") == 0)
         take_responses_text(r, root);
     else
         take_choice_text(r, root, "message");
+}
+
+void ag_usage_from_json_tree(ag_request *r, const cJSON *root)
+{
+    if (!root)
+        return;
+    ag_usage_parse(cJSON_GetObjectItemCaseSensitive(root, "usage"), &r->usage);
+    if (r->want_text)
+        take_text(r, root);
+}
+
+void ag_usage_from_held_response(ag_request *r, const cJSON *root, const char *body, size_t len)
+{
+    usage_only_parse(r, body, len);
+    if (r->want_text && root)
+        take_text(r, root);
 }
 
 void ag_usage_from_json_response(ag_request *r, const char *body, size_t len)

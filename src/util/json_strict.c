@@ -316,3 +316,102 @@ fail:
         *err_offset = off;
     return NULL;
 }
+
+const char *ag_json_skip_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+        p++;
+    return p;
+}
+
+/* One value at p, at most 32 levels deep (ag_json_skip_value). */
+static const char *skip_value(const char *p, const char *end, int depth)
+{
+    if (p >= end || depth > 32)
+        return NULL;
+    char c = *p;
+    if (c == '"') {
+        for (p++; p < end; p++) {
+            p += ag_json_plain_prefix(p, (size_t)(end - p)); /* ordinary text, eight bytes at a time */
+            if (p >= end)
+                break;
+            unsigned char b = (unsigned char)*p;
+            if (b == '"')
+                return p + 1;
+            if (b < 0x20)
+                return NULL;
+            if (b == '\\') {
+                if (++p >= end || !strchr("\"\\/bfnrt", *p) || *p == 0)
+                    return NULL;
+            }
+        }
+        return NULL;
+    }
+    if (c == '{' || c == '[') {
+        char close = c == '{' ? '}' : ']';
+        p = ag_json_skip_ws(p + 1, end);
+        if (p < end && *p == close)
+            return p + 1;
+        for (;;) {
+            if (c == '{') {
+                if (p >= end || *p != '"')
+                    return NULL;
+                p = skip_value(p, end, depth + 1);
+                if (!p)
+                    return NULL;
+                p = ag_json_skip_ws(p, end);
+                if (p >= end || *p != ':')
+                    return NULL;
+                p = ag_json_skip_ws(p + 1, end);
+            }
+            p = skip_value(p, end, depth + 1);
+            if (!p)
+                return NULL;
+            p = ag_json_skip_ws(p, end);
+            if (p < end && *p == ',') {
+                p = ag_json_skip_ws(p + 1, end);
+                continue;
+            }
+            return p < end && *p == close ? p + 1 : NULL;
+        }
+    }
+    if (c == '-' || (c >= '0' && c <= '9')) {
+        if (c == '-')
+            p++;
+        if (p >= end || *p < '0' || *p > '9')
+            return NULL;
+        if (*p == '0')
+            p++;
+        else
+            while (p < end && *p >= '0' && *p <= '9')
+                p++;
+        if (p < end && *p == '.') {
+            if (++p >= end || *p < '0' || *p > '9')
+                return NULL;
+            while (p < end && *p >= '0' && *p <= '9')
+                p++;
+        }
+        if (p < end && (*p == 'e' || *p == 'E')) {
+            p++;
+            if (p < end && (*p == '+' || *p == '-'))
+                p++;
+            if (p >= end || *p < '0' || *p > '9')
+                return NULL;
+            while (p < end && *p >= '0' && *p <= '9')
+                p++;
+        }
+        return p < end ? p : NULL;
+    }
+    static const char *const lits[3] = {"true", "false", "null"};
+    for (int i = 0; i < 3; i++) {
+        size_t n = strlen(lits[i]);
+        if ((size_t)(end - p) > n && memcmp(p, lits[i], n) == 0)
+            return p + n;
+    }
+    return NULL;
+}
+
+const char *ag_json_skip_value(const char *p, const char *end)
+{
+    return skip_value(p, end, 0);
+}

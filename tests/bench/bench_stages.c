@@ -6,6 +6,8 @@
  *                    connection runs on the request line and every header (conn.c's own callbacks are
  *                    not reachable without a socket)
  *   body_parse       strict JSON parse of a small chat body (ag_json_parse_strict), as parse_body does
+ *   resp_whole       cJSON over a 2 KiB Azure chat completion (1 KiB of text), as a held response was
+ *   resp_held        ag_resp_doc_parse of the same: choices and object parsed, the rest stepped over
  *   jwt_uncached     ag_auth_authenticate without a token cache: base64url, strict JSON, claims, RS256
  *   jwt_cached       ag_auth_authenticate with a warm per-worker token cache: SHA-256 + lookup
  *   jwt_keepalive    as jwt_cached, the token repeated on one connection: memo comparison + lookup
@@ -46,6 +48,7 @@
 #include "aoai_guard/sse.h"
 #include "aoai_guard/json_arena.h"
 #include "aoai_guard/request.h"
+#include "aoai_guard/resp_doc.h"
 #include "aoai_guard/token_cache.h"
 #include "aoai_guard/usage.h"
 #include "aoai_guard/worker.h"
@@ -215,6 +218,54 @@ static const char chat_body[] =
     "{\"messages\":[{\"role\":\"system\",\"content\":\"You are a helpful assistant.\"},"
     "{\"role\":\"user\",\"content\":\"Summarise the quarterly report in three bullet points.\"}],"
     "\"temperature\":0.2,\"max_tokens\":400,\"stream\":false}";
+
+/* A held chat completion as Azure sends it, with 1 KiB of completion text. */
+static char held_resp[4096];
+static size_t held_resp_len;
+
+static void held_resp_setup(void)
+{
+    char text[1025];
+    for (size_t i = 0; i < 1024; i++)
+        text[i] = "The quarterly report shows steady growth. "[i % 42];
+    text[1024] = '\0';
+    int n = snprintf(held_resp, sizeof held_resp,
+        "{\"choices\":[{\"content_filter_results\":{\"hate\":{\"filtered\":false,\"severity\":\"safe\"},"
+        "\"self_harm\":{\"filtered\":false,\"severity\":\"safe\"},\"sexual\":{\"filtered\":false,\"severity\":"
+        "\"safe\"},\"violence\":{\"filtered\":false,\"severity\":\"safe\"}},\"finish_reason\":\"stop\",\"index\":0,"
+        "\"logprobs\":null,\"message\":{\"content\":\"%s\",\"refusal\":null,\"role\":\"assistant\"}}],"
+        "\"created\":1795908635,\"id\":\"chatcmpl-FAKE0000000000000000000000001\",\"model\":"
+        "\"gpt-4o-mini-2024-07-18\",\"object\":\"chat.completion\",\"prompt_filter_results\":[{\"prompt_index\":0,"
+        "\"content_filter_results\":{\"hate\":{\"filtered\":false,\"severity\":\"safe\"},\"jailbreak\":"
+        "{\"filtered\":false,\"detected\":false},\"self_harm\":{\"filtered\":false,\"severity\":\"safe\"},"
+        "\"sexual\":{\"filtered\":false,\"severity\":\"safe\"},\"violence\":{\"filtered\":false,\"severity\":"
+        "\"safe\"}}}],\"system_fingerprint\":\"fp_fake0c0ffee\",\"usage\":{\"completion_tokens\":210,"
+        "\"completion_tokens_details\":{\"accepted_prediction_tokens\":0,\"audio_tokens\":0,\"reasoning_tokens\":0,"
+        "\"rejected_prediction_tokens\":0},\"prompt_tokens\":230,\"prompt_tokens_details\":{\"audio_tokens\":0,"
+        "\"cached_tokens\":0},\"total_tokens\":440}}",
+        text);
+    held_resp_len = (size_t)n;
+}
+
+static int op_resp_whole(void *arg)
+{
+    (void)arg;
+    cJSON *j = cJSON_ParseWithLength(held_resp, held_resp_len);
+    if (!cJSON_GetObjectItemCaseSensitive(j, "choices"))
+        return -1;
+    cJSON_Delete(j);
+    return 0;
+}
+
+static int op_resp_held(void *arg)
+{
+    (void)arg;
+    ag_resp_doc d;
+    ag_resp_doc_parse(&d, held_resp, held_resp_len);
+    int rc = d.partial && cJSON_GetObjectItemCaseSensitive(d.root, "choices") ? 0 : -1;
+    ag_resp_doc_free(&d);
+    return rc;
+}
 
 static int op_body(void *arg)
 {
@@ -700,6 +751,9 @@ int main(int argc, char **argv)
     printf("%-16s %12s %12s %10s   %s\n", "case", "median ns/op", "best ns/op", "iterations", "what");
     run_case("head_parse", "llhttp + ag_http checks, 9-header request head", op_head, NULL, 64);
     run_case("body_parse", "strict JSON parse of a 190-byte chat body", op_body, NULL, 64);
+    held_resp_setup();
+    run_case("resp_whole", "cJSON over a 2 KiB chat completion (a held response before)", op_resp_whole, NULL, 64);
+    run_case("resp_held", "the same held response as the gateway parses it now", op_resp_held, NULL, 64);
 
     jwt_ctx jwt;
     int jwt_ok = jwt_setup(&jwt) == 0;

@@ -106,6 +106,11 @@ class Policy(GatewayTestCase):
         self.assertEqual(json.loads(b)["choices"][0]["message"]["content"],
                          "Reach [REDACTED:email] for the report.")
         self.assertEqual(int(h["content-length"]), len(b))
+        # Only the choices are printed again: what follows them comes as Azure sent it.
+        tail = b[b.index(b'],"created":'):]
+        self.assertRegex(tail.decode(), r'^\],"created":\d+,"id":"chatcmpl-[A-Za-z0-9]+","model":"[^"]+",'
+                                        r'"object":"chat.completion","prompt_filter_results":\[')
+        self.assertIn(b'"usage":{"completion_tokens":', tail)
         st, h, b = self.call("who?", stream=True)
         text = ""
         for line in b.decode().splitlines():

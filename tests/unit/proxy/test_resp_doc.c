@@ -1,0 +1,279 @@
+/* A held response parsed where the gateway reads it (resp_doc.c): the members read must equal what
+ * cJSON makes of the whole text, in order and with duplicates; printing an unchanged tree gives the
+ * original bytes; printing a changed one gives the original with only those members changed; and
+ * everything the stepper does not follow falls back to the whole parse. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "aoai_guard/resp_doc.h"
+#include "check.h"
+
+static bool is_wanted(const char *k)
+{
+    return strcmp(k, "choices") == 0 || strcmp(k, "output") == 0 || strcmp(k, "object") == 0;
+}
+
+/* Equal trees, children compared in order (cJSON_Compare looks duplicate keys up by name, so two
+ * objects with the same key twice never compare equal). */
+static bool same(const cJSON *a, const cJSON *b)
+{
+    if (!a || !b)
+        return a == b;
+    if ((a->type & 0xFF) != (b->type & 0xFF))
+        return false;
+    if ((a->string == NULL) != (b->string == NULL) || (a->string && strcmp(a->string, b->string) != 0))
+        return false;
+    if (cJSON_IsString(a) && strcmp(a->valuestring, b->valuestring) != 0)
+        return false;
+    if (cJSON_IsNumber(a) && a->valuedouble != b->valuedouble)
+        return false;
+    const cJSON *x = a->child, *y = b->child;
+    for (; x && y; x = x->next, y = y->next)
+        if (!same(x, y))
+            return false;
+    return x == NULL && y == NULL;
+}
+
+/* Appends "~" to node's string and to every string under it (what a redaction does: strings
+ * changed in place). */
+static void mark_tree(cJSON *node)
+{
+    if (cJSON_IsString(node)) {
+        size_t n = strlen(node->valuestring);
+        char *s = malloc(n + 2);
+        memcpy(s, node->valuestring, n);
+        memcpy(s + n, "~", 2);
+        cJSON_SetValuestring(node, s);
+        free(s);
+    }
+    for (cJSON *c = node->child; c; c = c->next)
+        mark_tree(c);
+}
+
+/* Checks d against the whole parse of text: the same members, and the prints. */
+static void check_doc(const char *text, size_t len, bool want_partial)
+{
+    ag_resp_doc d;
+    ag_resp_doc_parse(&d, text, len);
+    cJSON *full = cJSON_ParseWithLength(text, len);
+    if (d.partial != want_partial) {
+        check_failures++;
+        fprintf(stderr, "partial %d, expected %d: %.*s\n", d.partial, want_partial, (int)(len < 200 ? len : 200),
+                text);
+    }
+    check_count++;
+    if (!d.partial) {
+        CHECK((d.root == NULL) == (full == NULL));
+        if (d.root && full)
+            CHECK(same(d.root, full));
+        ag_resp_doc_free(&d);
+        cJSON_Delete(full);
+        return;
+    }
+    CHECK(full != NULL && cJSON_IsObject(full));
+    if (!full) {
+        ag_resp_doc_free(&d);
+        return;
+    }
+    /* the members read: the whole parse's wanted members, in order, duplicates included */
+    const cJSON *m = d.root->child;
+    size_t k = 0;
+    for (const cJSON *f = full->child; f; f = f->next) {
+        if (!is_wanted(f->string))
+            continue;
+        CHECK(m != NULL && same(m, f));
+        if (m && k < d.nspans) { /* the span holds exactly that value */
+            cJSON *v = cJSON_ParseWithLength(text + d.spans[k].start, d.spans[k].end - d.spans[k].start);
+            CHECK(v && v->string == NULL);
+            if (v) { /* the value alone: no key */
+                v->string = f->string;
+                CHECK(same(v, f));
+                v->string = NULL;
+            }
+            cJSON_Delete(v);
+        }
+        m = m ? m->next : NULL;
+        k++;
+    }
+    CHECK(m == NULL && k == d.nspans);
+    /* unchanged: the same document; outside the members, the same bytes */
+    size_t olen;
+    char *out = ag_resp_doc_print(&d, text, len, &olen);
+    CHECK(out != NULL);
+    if (out) {
+        cJSON *again = cJSON_ParseWithLength(out, olen);
+        CHECK(same(again, full));
+        cJSON_Delete(again);
+        CHECK(memcmp(out, text, d.nspans ? d.spans[0].start : len) == 0);
+        size_t tail = d.nspans ? len - d.spans[d.nspans - 1].end : 0;
+        CHECK(olen >= tail && memcmp(out + olen - tail, text + len - tail, tail) == 0);
+    }
+    cJSON_free(out);
+    /* changed: the whole parse of the output is the whole parse of the input, changed the same way */
+    for (cJSON *c = d.root->child; c; c = c->next)
+        mark_tree(c);
+    for (cJSON *f = full->child; f; f = f->next)
+        if (is_wanted(f->string))
+            mark_tree(f);
+    out = ag_resp_doc_print(&d, text, len, &olen);
+    CHECK(out != NULL);
+    if (out) {
+        cJSON *again = cJSON_ParseWithLength(out, olen);
+        CHECK(same(again, full));
+        cJSON_Delete(again);
+    }
+    cJSON_free(out);
+    ag_resp_doc_free(&d);
+    cJSON_Delete(full);
+}
+
+/* ---- random documents ---- */
+
+static unsigned seed = 12345;
+static unsigned rnd(unsigned n)
+{
+    seed = seed * 1103515245u + 12345u;
+    return (seed >> 8) % n;
+}
+
+static void put(char *b, size_t *n, const char *s)
+{
+    size_t l = strlen(s);
+    memcpy(b + *n, s, l);
+    *n += l;
+}
+
+static void ws(char *b, size_t *n)
+{
+    static const char *const w[] = {"", "", "", " ", "\n", "\t ", "\r\n  "};
+    put(b, n, w[rnd(7)]);
+}
+
+static void value(char *b, size_t *n, int depth)
+{
+    static const char *const strs[] = {"\"\"", "\"text\"", "\"a \\\"quoted\\\" word\"", "\"tab\\there\"",
+                                       "\"caf\xc3\xa9\"", "\"\\u00e9t\\u00e9\"", "\"choices\"", "\"{[,]}\""};
+    static const char *const nums[] = {"0", "-1", "42", "3.25", "1e3", "1795908635", "-0.5E-2"};
+    static const char *const lits[] = {"true", "false", "null"};
+    unsigned kind = depth > 3 ? rnd(3) : rnd(5);
+    if (kind == 0) {
+        put(b, n, strs[rnd(8)]);
+    } else if (kind == 1) {
+        put(b, n, nums[rnd(7)]);
+    } else if (kind == 2) {
+        put(b, n, lits[rnd(3)]);
+    } else if (kind == 3) {
+        put(b, n, "[");
+        unsigned items = rnd(4);
+        for (unsigned i = 0; i < items; i++) {
+            if (i)
+                put(b, n, ",");
+            ws(b, n);
+            value(b, n, depth + 1);
+            ws(b, n);
+        }
+        put(b, n, "]");
+    } else {
+        static const char *const keys[] = {"\"content\"", "\"role\"", "\"message\"", "\"text\"", "\"usage\""};
+        put(b, n, "{");
+        unsigned items = rnd(4);
+        for (unsigned i = 0; i < items; i++) {
+            if (i)
+                put(b, n, ",");
+            ws(b, n);
+            put(b, n, keys[rnd(5)]);
+            ws(b, n);
+            put(b, n, ":");
+            ws(b, n);
+            value(b, n, depth + 1);
+            ws(b, n);
+        }
+        put(b, n, "}");
+    }
+}
+
+static void test_random(void)
+{
+    static const char *const top[] = {"\"choices\"", "\"output\"", "\"object\"", "\"usage\"", "\"id\"",
+                                      "\"prompt_filter_results\"", "\"created\""};
+    char *b = malloc(1 << 16);
+    int partial = 0;
+    for (int it = 0; it < 3000; it++) {
+        size_t n = 0;
+        ws(b, &n);
+        put(b, &n, "{");
+        unsigned members = rnd(7);
+        for (unsigned i = 0; i < members; i++) {
+            if (i)
+                put(b, &n, ",");
+            ws(b, &n);
+            put(b, &n, top[rnd(7)]);
+            ws(b, &n);
+            put(b, &n, ":");
+            ws(b, &n);
+            value(b, &n, 0);
+            ws(b, &n);
+        }
+        put(b, &n, "}");
+        ws(b, &n);
+        b[n] = '\0';
+        /* the stepper follows it unless a skipped member holds a \u escape */
+        ag_resp_doc d;
+        ag_resp_doc_parse(&d, b, n);
+        partial += d.partial;
+        bool expect = d.partial;
+        ag_resp_doc_free(&d);
+        check_doc(b, n, expect);
+    }
+    CHECK(partial > 1500); /* most documents took the stepper's path */
+    free(b);
+}
+
+int main(void)
+{
+    /* Azure's chat completion: choices and object read, the rest stepped over */
+    const char *azure =
+        "{\"choices\":[{\"content_filter_results\":{\"hate\":{\"filtered\":false,\"severity\":\"safe\"}},"
+        "\"finish_reason\":\"stop\",\"index\":0,\"logprobs\":null,\"message\":{\"content\":\"Echo: hi\","
+        "\"refusal\":null,\"role\":\"assistant\"}}],\"created\":1795908635,\"id\":\"chatcmpl-1\","
+        "\"model\":\"gpt-4o-mini-2024-07-18\",\"object\":\"chat.completion\",\"prompt_filter_results\":"
+        "[{\"prompt_index\":0,\"content_filter_results\":{\"jailbreak\":{\"filtered\":false,\"detected\":false}}}],"
+        "\"system_fingerprint\":\"fp_1\",\"usage\":{\"completion_tokens\":2,\"prompt_tokens\":1,\"total_tokens\":3}}";
+    ag_resp_doc d;
+    ag_resp_doc_parse(&d, azure, strlen(azure));
+    CHECK(d.partial && d.nspans == 2);
+    CHECK(cJSON_GetObjectItemCaseSensitive(d.root, "usage") == NULL);
+    CHECK_STR(cJSON_GetObjectItemCaseSensitive(d.root, "object")->valuestring, "chat.completion");
+    ag_resp_doc_free(&d);
+    check_doc(azure, strlen(azure), true);
+
+    /* the Responses API: output and object */
+    const char *resp = "{\"id\":\"resp_1\",\"object\":\"response\",\"output\":[{\"type\":\"message\",\"content\":"
+                       "[{\"type\":\"output_text\",\"text\":\"hello\"}]}],\"usage\":{\"input_tokens\":3}}";
+    check_doc(resp, strlen(resp), true);
+    check_doc("{}", 2, true);
+    check_doc(" { \"id\" : 1 } ", 14, true);
+    /* duplicates are kept in order, as the whole parse keeps them */
+    const char *dup = "{\"choices\":[{\"text\":\"one\"}],\"id\":2,\"choices\":[{\"text\":\"two\"}]}";
+    check_doc(dup, strlen(dup), true);
+
+    /* what the stepper does not follow: the whole parse, as before */
+    const char *esc_key = "{\"ch\\u006fices\":[{\"text\":\"secret\"}]}";
+    check_doc(esc_key, strlen(esc_key), false);
+    const char *esc_skipped = "{\"id\":\"\\u00e9\",\"choices\":[]}";
+    check_doc(esc_skipped, strlen(esc_skipped), false);
+    check_doc("[1,2]", 5, false);
+    check_doc("{\"choices\":", 11, false);
+    check_doc("not json", 8, false);
+    char many[512] = "{";
+    for (int i = 0; i < AG_RESP_DOC_SPANS + 1; i++)
+        strcat(many, i ? ",\"object\":\"x\"" : "\"object\":\"x\"");
+    strcat(many, "}");
+    check_doc(many, strlen(many), false);
+
+    test_random();
+    return CHECK_DONE();
+}

@@ -1,7 +1,7 @@
 /* Fuzz target: request and response bodies — the strict JSON parse the parse_body stage does
  * (ag_json_parse_strict with the pipeline's limits), prompt-policy inspection and redaction of
  * chat/completions, completions, embeddings and Responses bodies (src/policy/), and usage/text
- * extraction from a JSON response (src/proxy/usage.c).
+ * extraction from a JSON response (src/proxy/usage.c, src/proxy/resp_doc.c).
  *
  * Input: byte 0 chooses the call: bits 0-1 the operation (chat/completions, embeddings, responses,
  * completions), bit 2 the policy (A: everything redacts, both directions; B: block/flag rules and
@@ -10,7 +10,8 @@
  * Oracles besides the sanitizers:
  *   - a re-serialised (redacted or clamped) body is strict JSON again: valid UTF-8, no duplicate
  *     key, no \u0000, an object — what Azure receives must be what we inspected;
- *   - a redacted response body, re-serialised, is strict JSON again;
+ *   - a held response parsed as the gateway does (resp_doc.c) holds exactly the whole parse's
+ *     choices/output/object members, and, redacted and printed, is strict JSON again;
  *   - BLOCK / REJECT come with an error body that is strict JSON with an "error" object;
  *   - the verdict and decisions never exceed their bounds. */
 #include <stdint.h>
@@ -21,6 +22,7 @@
 #include "aoai_guard/json_strict.h"
 #include "aoai_guard/policy.h"
 #include "aoai_guard/request.h"
+#include "aoai_guard/resp_doc.h"
 #include "aoai_guard/usage.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -177,14 +179,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         ag_policy_result_clear(&res);
     } else {
+        /* The held response as the gateway parses it (resp_doc.c): the members it reads must be
+         * the whole parse's, in order. */
+        ag_resp_doc doc;
+        ag_resp_doc_parse(&doc, body, len);
+        if (!doc.root)
+            __builtin_trap(); /* strict JSON is JSON to cJSON too */
+        if (doc.partial) {
+            const cJSON *m = doc.root->child;
+            for (const cJSON *f = tree->child; f; f = f->next) {
+                if (strcmp(f->string, "choices") && strcmp(f->string, "output") && strcmp(f->string, "object"))
+                    continue;
+                if (!m || strcmp(m->string, f->string) != 0 || !cJSON_Compare(m, f, true))
+                    __builtin_trap();
+                m = m->next;
+            }
+            if (m)
+                __builtin_trap();
+        }
         ag_policy_decisions dec;
         memset(&dec, 0, sizeof dec);
         bool modified = false;
-        if (ag_policy_inspect_response(pol, F.scratch, &call, tree, &dec, &modified) == 0 && modified) {
-            char *out = cJSON_PrintUnformatted(tree);
-            if (!out)
+        if (ag_policy_inspect_response(pol, F.scratch, &call, doc.root, &dec, &modified) == 0 && modified) {
+            size_t olen;
+            char *out = ag_resp_doc_print(&doc, body, len, &olen);
+            if (!out || strlen(out) != olen)
                 __builtin_trap();
-            must_be_strict_object(out, strlen(out));
+            must_be_strict_object(out, olen);
             cJSON_free(out);
         }
         check_decisions(&dec);
@@ -192,6 +213,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ag_request *r = calloc(1, sizeof *r);
         if (!r)
             abort();
+        ag_usage_from_held_response(r, doc.root, body, len);
+        ag_resp_doc_free(&doc);
+        free(r->completion_text);
+        memset(r, 0, sizeof *r);
         ag_usage_from_json_response(r, body, len);
         if (r->usage.present && (r->usage.prompt_tokens < 0 || r->usage.completion_tokens < 0))
             __builtin_trap();

@@ -388,6 +388,14 @@ def body_seeds():
         "resp-embeddings": (17, {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, -0.2]}],
                                  "usage": {"prompt_tokens": 2, "total_tokens": 2}}),
         "resp-usage-huge": (16, {"choices": [], "usage": {"prompt_tokens": 1e300, "completion_tokens": -5, "total_tokens": "x"}}),
+        # Azure's whole shape: resp_doc.c parses choices and object and steps over the rest
+        "resp-azure-chat": (16, {"choices": [{"content_filter_results": {"hate": {"filtered": False, "severity": "safe"}},
+            "finish_reason": "stop", "index": 0, "logprobs": None, "message": {"content": pii, "refusal": None,
+            "role": "assistant"}}], "created": 1795908635, "id": "chatcmpl-FAKE1", "model": "gpt-4o-mini-2024-07-18",
+            "object": "chat.completion", "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {
+                "jailbreak": {"filtered": False, "detected": False}}}], "system_fingerprint": "fp_1",
+            "usage": {"completion_tokens": 2, "completion_tokens_details": {"reasoning_tokens": 0},
+                      "prompt_tokens": 1, "prompt_tokens_details": {"cached_tokens": 0}, "total_tokens": 3}}),
     }
     for name, (mode, body) in seeds.items():
         write(t, name, bytes([mode]) + json.dumps(body, ensure_ascii=(name != "chat-unicode")).encode())

@@ -11,7 +11,8 @@
  *   - a re-serialised (redacted or clamped) body is strict JSON again: valid UTF-8, no duplicate
  *     key, no \u0000, an object — what Azure receives must be what we inspected;
  *   - a held response parsed as the gateway does (resp_doc.c) holds exactly the whole parse's
- *     choices/output/object members, and, redacted and printed, is strict JSON again;
+ *     choices/output/object members (each choice reduced to message, text and index), and,
+ *     redacted and printed, is strict JSON again;
  *   - BLOCK / REJECT come with an error body that is strict JSON with an "error" object;
  *   - the verdict and decisions never exceed their bounds. */
 #include <stdint.h>
@@ -114,6 +115,17 @@ static void must_be_strict_object(const char *buf, size_t len)
     cJSON_Delete(j);
 }
 
+/* "choices" as resp_doc.c steps into it: an array whose elements are all objects. */
+static bool stepped_choices(const cJSON *f)
+{
+    if (strcmp(f->string, "choices") != 0 || !cJSON_IsArray(f))
+        return false;
+    for (const cJSON *el = f->child; el; el = el->next)
+        if (!cJSON_IsObject(el))
+            return false;
+    return true;
+}
+
 static void check_decisions(const ag_policy_decisions *d)
 {
     if (d->count > AG_POLICY_MAX_DECISIONS)
@@ -190,8 +202,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             for (const cJSON *f = tree->child; f; f = f->next) {
                 if (strcmp(f->string, "choices") && strcmp(f->string, "output") && strcmp(f->string, "object"))
                     continue;
-                if (!m || strcmp(m->string, f->string) != 0 || !cJSON_Compare(m, f, true))
+                if (!m || strcmp(m->string, f->string) != 0)
                     __builtin_trap();
+                if (!stepped_choices(f)) {
+                    if (!cJSON_Compare(m, f, true))
+                        __builtin_trap();
+                } else { /* each choice holds its message, text and index, in order, nothing else */
+                    const cJSON *me = m->child;
+                    for (const cJSON *fe = f->child; fe; fe = fe->next, me = me->next) {
+                        if (!me)
+                            __builtin_trap();
+                        const cJSON *mc = me->child;
+                        for (const cJSON *fc = fe->child; fc; fc = fc->next) {
+                            if (strcmp(fc->string, "message") && strcmp(fc->string, "text") &&
+                                strcmp(fc->string, "index"))
+                                continue;
+                            if (!mc || strcmp(mc->string, fc->string) != 0 || !cJSON_Compare(mc, fc, true))
+                                __builtin_trap();
+                            mc = mc->next;
+                        }
+                        if (mc)
+                            __builtin_trap();
+                    }
+                    if (me)
+                        __builtin_trap();
+                }
                 m = m->next;
             }
             if (m)

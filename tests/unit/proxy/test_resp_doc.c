@@ -1,7 +1,7 @@
-/* A held response parsed where the gateway reads it (resp_doc.c): the members read must equal what
- * cJSON makes of the whole text, in order and with duplicates; printing an unchanged tree gives the
- * original bytes; printing a changed one gives the original with only those members changed; and
- * everything the stepper does not follow falls back to the whole parse. */
+/* A held response parsed where the gateway reads it (resp_doc.c): the values read must equal what
+ * cJSON makes of the whole text (choices reduced to message, text and index), in order and with
+ * duplicates; each span holds its value; printing gives the whole document again, changed exactly
+ * where the tree was; and everything the stepper does not follow falls back to the whole parse. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +14,36 @@
 static bool is_wanted(const char *k)
 {
     return strcmp(k, "choices") == 0 || strcmp(k, "output") == 0 || strcmp(k, "object") == 0;
+}
+
+static bool is_choice_key(const char *k)
+{
+    return strcmp(k, "message") == 0 || strcmp(k, "text") == 0 || strcmp(k, "index") == 0;
+}
+
+/* "choices" as the stepper goes into it: an array whose elements are all objects. */
+static bool stepped_choices(const cJSON *f)
+{
+    if (strcmp(f->string, "choices") != 0 || !cJSON_IsArray(f))
+        return false;
+    for (const cJSON *el = f->child; el; el = el->next)
+        if (!cJSON_IsObject(el))
+            return false;
+    return true;
+}
+
+/* What the stepper keeps of a whole-parse member: stepped choices reduced to the members read. */
+static cJSON *expected_member(const cJSON *f)
+{
+    cJSON *e = cJSON_Duplicate(f, true);
+    if (e && stepped_choices(f))
+        for (cJSON *el = e->child; el; el = el->next)
+            for (cJSON *c = el->child, *next; c; c = next) {
+                next = c->next;
+                if (!is_choice_key(c->string))
+                    cJSON_Delete(cJSON_DetachItemViaPointer(el, c));
+            }
+    return e;
 }
 
 /* Equal trees, children compared in order (cJSON_Compare looks duplicate keys up by name, so two
@@ -78,25 +108,48 @@ static void check_doc(const char *text, size_t len, bool want_partial)
         ag_resp_doc_free(&d);
         return;
     }
-    /* the members read: the whole parse's wanted members, in order, duplicates included */
+    /* the values read: the whole parse's wanted members (choices reduced), in order, duplicates
+     * included; and each span, in document order, holds its value */
     const cJSON *m = d.root->child;
     size_t k = 0;
     for (const cJSON *f = full->child; f; f = f->next) {
         if (!is_wanted(f->string))
             continue;
-        CHECK(m != NULL && same(m, f));
-        if (m && k < d.nspans) { /* the span holds exactly that value */
-            cJSON *v = cJSON_ParseWithLength(text + d.spans[k].start, d.spans[k].end - d.spans[k].start);
-            CHECK(v && v->string == NULL);
-            if (v) { /* the value alone: no key */
-                v->string = f->string;
-                CHECK(same(v, f));
-                v->string = NULL;
+        cJSON *want = expected_member(f);
+        CHECK(m != NULL && same(m, want));
+        cJSON_Delete(want);
+        if (!m)
+            break;
+        const cJSON *one[1] = {m};
+        for (const cJSON *el = stepped_choices(f) ? m->child : NULL; el; el = el->next)
+            for (const cJSON *c = el->child; c; c = c->next, k++) {
+                CHECK(k < d.nspans);
+                if (k >= d.nspans)
+                    break;
+                cJSON *v = cJSON_ParseWithLength(text + d.spans[k].start, d.spans[k].end - d.spans[k].start);
+                CHECK(v && v->string == NULL);
+                if (v) {
+                    v->string = c->string;
+                    CHECK(same(v, c));
+                    v->string = NULL;
+                }
+                cJSON_Delete(v);
             }
-            cJSON_Delete(v);
+        if (!stepped_choices(f)) {
+            CHECK(k < d.nspans);
+            if (k < d.nspans) {
+                cJSON *v = cJSON_ParseWithLength(text + d.spans[k].start, d.spans[k].end - d.spans[k].start);
+                CHECK(v && v->string == NULL);
+                if (v) {
+                    v->string = one[0]->string;
+                    CHECK(same(v, one[0]));
+                    v->string = NULL;
+                }
+                cJSON_Delete(v);
+            }
+            k++;
         }
-        m = m ? m->next : NULL;
-        k++;
+        m = m->next;
     }
     CHECK(m == NULL && k == d.nspans);
     /* unchanged: the same document; outside the members, the same bytes */
@@ -115,9 +168,18 @@ static void check_doc(const char *text, size_t len, bool want_partial)
     /* changed: the whole parse of the output is the whole parse of the input, changed the same way */
     for (cJSON *c = d.root->child; c; c = c->next)
         mark_tree(c);
-    for (cJSON *f = full->child; f; f = f->next)
-        if (is_wanted(f->string))
+    for (cJSON *f = full->child; f; f = f->next) {
+        if (!is_wanted(f->string))
+            continue;
+        if (!stepped_choices(f)) {
             mark_tree(f);
+            continue;
+        }
+        for (cJSON *el = f->child; el; el = el->next) /* the members read; the rest is as sent */
+            for (cJSON *c = el->child; c; c = c->next)
+                if (is_choice_key(c->string))
+                    mark_tree(c);
+    }
     out = ag_resp_doc_print(&d, text, len, &olen);
     CHECK(out != NULL);
     if (out) {
@@ -152,13 +214,36 @@ static void ws(char *b, size_t *n)
     put(b, n, w[rnd(7)]);
 }
 
+/* A random value; kind -1: any, 3: an array, 4: an object. */
+static void value_of(char *b, size_t *n, int depth, int kind);
+
 static void value(char *b, size_t *n, int depth)
+{
+    value_of(b, n, depth, -1);
+}
+
+/* choices as Azure sends them, mostly: an array of objects. */
+static void choices_value(char *b, size_t *n)
+{
+    put(b, n, "[");
+    unsigned items = rnd(4);
+    for (unsigned i = 0; i < items; i++) {
+        if (i)
+            put(b, n, ",");
+        ws(b, n);
+        value_of(b, n, 1, rnd(8) ? 4 : -1);
+        ws(b, n);
+    }
+    put(b, n, "]");
+}
+
+static void value_of(char *b, size_t *n, int depth, int forced)
 {
     static const char *const strs[] = {"\"\"", "\"text\"", "\"a \\\"quoted\\\" word\"", "\"tab\\there\"",
                                        "\"caf\xc3\xa9\"", "\"\\u00e9t\\u00e9\"", "\"choices\"", "\"{[,]}\""};
     static const char *const nums[] = {"0", "-1", "42", "3.25", "1e3", "1795908635", "-0.5E-2"};
     static const char *const lits[] = {"true", "false", "null"};
-    unsigned kind = depth > 3 ? rnd(3) : rnd(5);
+    unsigned kind = forced >= 0 ? (unsigned)forced : depth > 3 ? rnd(3) : rnd(5);
     if (kind == 0) {
         put(b, n, strs[rnd(8)]);
     } else if (kind == 1) {
@@ -177,14 +262,15 @@ static void value(char *b, size_t *n, int depth)
         }
         put(b, n, "]");
     } else {
-        static const char *const keys[] = {"\"content\"", "\"role\"", "\"message\"", "\"text\"", "\"usage\""};
+        static const char *const keys[] = {"\"content\"", "\"role\"", "\"message\"", "\"text\"", "\"usage\"",
+                                           "\"index\"", "\"logprobs\"", "\"content_filter_results\""};
         put(b, n, "{");
-        unsigned items = rnd(4);
+        unsigned items = rnd(5);
         for (unsigned i = 0; i < items; i++) {
             if (i)
                 put(b, n, ",");
             ws(b, n);
-            put(b, n, keys[rnd(5)]);
+            put(b, n, keys[rnd(8)]);
             ws(b, n);
             put(b, n, ":");
             ws(b, n);
@@ -210,11 +296,15 @@ static void test_random(void)
             if (i)
                 put(b, &n, ",");
             ws(b, &n);
-            put(b, &n, top[rnd(7)]);
+            unsigned key = rnd(7);
+            put(b, &n, top[key]);
             ws(b, &n);
             put(b, &n, ":");
             ws(b, &n);
-            value(b, &n, 0);
+            if (key == 0 && rnd(4))
+                choices_value(b, &n);
+            else
+                value(b, &n, 0);
             ws(b, &n);
         }
         put(b, &n, "}");
@@ -244,7 +334,10 @@ int main(void)
         "\"system_fingerprint\":\"fp_1\",\"usage\":{\"completion_tokens\":2,\"prompt_tokens\":1,\"total_tokens\":3}}";
     ag_resp_doc d;
     ag_resp_doc_parse(&d, azure, strlen(azure));
-    CHECK(d.partial && d.nspans == 2);
+    CHECK(d.partial && d.nspans == 3); /* choices[0].index, choices[0].message, object */
+    const cJSON *ch0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(d.root, "choices"), 0);
+    CHECK(cJSON_GetArraySize(ch0) == 2 && cJSON_GetObjectItemCaseSensitive(ch0, "message") &&
+          !cJSON_GetObjectItemCaseSensitive(ch0, "content_filter_results"));
     CHECK(cJSON_GetObjectItemCaseSensitive(d.root, "usage") == NULL);
     CHECK_STR(cJSON_GetObjectItemCaseSensitive(d.root, "object")->valuestring, "chat.completion");
     ag_resp_doc_free(&d);
@@ -268,7 +361,7 @@ int main(void)
     check_doc("[1,2]", 5, false);
     check_doc("{\"choices\":", 11, false);
     check_doc("not json", 8, false);
-    char many[512] = "{";
+    char many[2048] = "{";
     for (int i = 0; i < AG_RESP_DOC_SPANS + 1; i++)
         strcat(many, i ? ",\"object\":\"x\"" : "\"object\":\"x\"");
     strcat(many, "}");

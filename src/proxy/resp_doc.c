@@ -92,7 +92,7 @@ static int step_object(ag_resp_doc *d, const char *text, const char **pp, const 
             char name[8];
             memcpy(name, key, klen);
             name[klen] = '\0';
-            if (level == 0 && klen == 7 && *p == '[') { /* "choices": stepped, element by element */
+            if (level == 0 && klen == 7 && p < end && *p == '[') { /* "choices": stepped, element by element */
                 size_t member = (size_t)cJSON_GetArraySize(obj);
                 cJSON *arr = cJSON_CreateArray();
                 if (member >= 64 || !arr || !cJSON_AddItemToObject(obj, name, arr)) {

@@ -360,6 +360,18 @@ int main(void)
     check_doc(esc_skipped, strlen(esc_skipped), false);
     check_doc("[1,2]", 5, false);
     check_doc("{\"choices\":", 11, false);
+    /* a text that ends where a value should start, in a buffer of exactly that size (ASan) */
+    static const char *const cut[] = {"{\"choices\":", "{\"choices\": ", "{\"choices\":[{\"message\":",
+                                      "{\"id\":"};
+    for (size_t i = 0; i < sizeof cut / sizeof cut[0]; i++) {
+        size_t n = strlen(cut[i]);
+        char *exact = malloc(n);
+        memcpy(exact, cut[i], n);
+        ag_resp_doc_parse(&d, exact, n);
+        CHECK(!d.partial && d.root == NULL);
+        ag_resp_doc_free(&d);
+        free(exact);
+    }
     check_doc("not json", 8, false);
     char many[2048] = "{";
     for (int i = 0; i < AG_RESP_DOC_SPANS + 1; i++)

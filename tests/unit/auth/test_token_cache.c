@@ -236,7 +236,10 @@ int main(void)
     CHECK_INT(ag_auth_authenticate(&cfg, c, newgen, &min, NOW, &id, &res), AG_AUTH_BAD_SIGNATURE);
     CHECK(!res.cached);
     memcpy(bad_hdr, good_hdr, sizeof good_hdr);
-    bad_hdr[strlen(bad_hdr) - 2] ^= 0x01; /* a base64url character of the signature */
+    /* another base64url character in the signature (a full 6-bit one: the last holds 2 bits); a
+     * flipped bit could leave the alphabet and be refused as malformed instead */
+    char *sig_char = &bad_hdr[strlen(bad_hdr) - 2];
+    *sig_char = *sig_char == 'A' ? 'B' : 'A';
     CHECK_INT(ag_auth_authenticate(&cfg, c, newgen, &min, NOW, &id, &res), AG_AUTH_BAD_SIGNATURE);
     CHECK(!res.cached);
     min.authorization = good_hdr;

@@ -83,6 +83,22 @@ static void mark_tree(cJSON *node)
         mark_tree(c);
 }
 
+/* The k-th span of d holds exactly the value of item. */
+static void check_span(const char *text, const ag_resp_doc *d, size_t k, const cJSON *item)
+{
+    CHECK(k < d->nspans);
+    if (k >= d->nspans)
+        return;
+    cJSON *v = cJSON_ParseWithLength(text + d->spans[k].start, d->spans[k].end - d->spans[k].start);
+    CHECK(v && v->string == NULL);
+    if (v) { /* the value alone: no key; compare with the item's */
+        v->string = item->string;
+        CHECK(same(v, item));
+        v->string = NULL;
+    }
+    cJSON_Delete(v);
+}
+
 /* Checks d against the whole parse of text: the same members, and the prints. */
 static void check_doc(const char *text, size_t len, bool want_partial)
 {
@@ -120,34 +136,12 @@ static void check_doc(const char *text, size_t len, bool want_partial)
         cJSON_Delete(want);
         if (!m)
             break;
-        const cJSON *one[1] = {m};
-        for (const cJSON *el = stepped_choices(f) ? m->child : NULL; el; el = el->next)
-            for (const cJSON *c = el->child; c; c = c->next, k++) {
-                CHECK(k < d.nspans);
-                if (k >= d.nspans)
-                    break;
-                cJSON *v = cJSON_ParseWithLength(text + d.spans[k].start, d.spans[k].end - d.spans[k].start);
-                CHECK(v && v->string == NULL);
-                if (v) {
-                    v->string = c->string;
-                    CHECK(same(v, c));
-                    v->string = NULL;
-                }
-                cJSON_Delete(v);
-            }
-        if (!stepped_choices(f)) {
-            CHECK(k < d.nspans);
-            if (k < d.nspans) {
-                cJSON *v = cJSON_ParseWithLength(text + d.spans[k].start, d.spans[k].end - d.spans[k].start);
-                CHECK(v && v->string == NULL);
-                if (v) {
-                    v->string = one[0]->string;
-                    CHECK(same(v, one[0]));
-                    v->string = NULL;
-                }
-                cJSON_Delete(v);
-            }
-            k++;
+        if (stepped_choices(f)) {
+            for (const cJSON *el = m->child; el; el = el->next)
+                for (const cJSON *c = el->child; c; c = c->next)
+                    check_span(text, &d, k++, c);
+        } else {
+            check_span(text, &d, k++, m);
         }
         m = m->next;
     }
@@ -222,8 +216,8 @@ static void value(char *b, size_t *n, int depth)
     value_of(b, n, depth, -1);
 }
 
-/* choices as Azure sends them, mostly: an array of objects. */
-static void choices_value(char *b, size_t *n)
+/* An array of up to 3 values; choices: as Azure sends them, mostly objects. */
+static void array_value(char *b, size_t *n, int depth, bool choices)
 {
     put(b, n, "[");
     unsigned items = rnd(4);
@@ -231,7 +225,7 @@ static void choices_value(char *b, size_t *n)
         if (i)
             put(b, n, ",");
         ws(b, n);
-        value_of(b, n, 1, rnd(8) ? 4 : -1);
+        value_of(b, n, depth, choices && rnd(8) ? 4 : -1);
         ws(b, n);
     }
     put(b, n, "]");
@@ -251,16 +245,7 @@ static void value_of(char *b, size_t *n, int depth, int forced)
     } else if (kind == 2) {
         put(b, n, lits[rnd(3)]);
     } else if (kind == 3) {
-        put(b, n, "[");
-        unsigned items = rnd(4);
-        for (unsigned i = 0; i < items; i++) {
-            if (i)
-                put(b, n, ",");
-            ws(b, n);
-            value(b, n, depth + 1);
-            ws(b, n);
-        }
-        put(b, n, "]");
+        array_value(b, n, depth + 1, false);
     } else {
         static const char *const keys[] = {"\"content\"", "\"role\"", "\"message\"", "\"text\"", "\"usage\"",
                                            "\"index\"", "\"logprobs\"", "\"content_filter_results\""};
@@ -302,7 +287,7 @@ static void test_random(void)
             put(b, &n, ":");
             ws(b, &n);
             if (key == 0 && rnd(4))
-                choices_value(b, &n);
+                array_value(b, &n, 1, true);
             else
                 value(b, &n, 0);
             ws(b, &n);

@@ -31,8 +31,11 @@ typedef struct ag_resp_doc {
     } spans[AG_RESP_DOC_SPANS];
 } ag_resp_doc;
 
-/* Parses text[0..len) into d: the members above when the stepper follows the text, else the whole
- * text. d->root is NULL when neither worked. */
+/* Makes d empty (no tree), ready for ag_resp_doc_parse or ag_resp_doc_free. */
+void ag_resp_doc_init(ag_resp_doc *d);
+
+/* Parses text[0..len) into d (whatever it held before is not freed): the members above when the
+ * stepper follows the text, else the whole text. d->root is NULL when neither worked. */
 void ag_resp_doc_parse(ag_resp_doc *d, const char *text, size_t len);
 
 /* The response after its tree was changed in place (string values replaced, nothing added or

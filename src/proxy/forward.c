@@ -610,24 +610,25 @@ static void ex_finish(ag_exchange *ex)
     }
     if (r->policy_sse)
         ag_policy_sse_decisions(r->policy_sse, &r->policy_decisions);
-    /* A response held for the response policy is parsed once (where the policy and the audit text
-     * read it), for the policy and for usage. */
-    ag_resp_doc doc = {0};
-    if (r->resp_buffered && r->resp_json) {
-        ag_json_arena_enter(&r->json_arena); /* deleted below, in ex_send_buffered */
-        ag_resp_doc_parse(&doc, r->resp_json, r->resp_json_len);
-        ag_json_arena_leave();
-    }
-    if (ex->is_json && r->resp_json && !r->resp_json_overflow) {
-        if (doc.root)
+    bool usage_json = ex->is_json && r->resp_json && !r->resp_json_overflow;
+    if (r->resp_buffered) {
+        /* A response held for the response policy is parsed once (where the policy and the audit
+         * text read it), for the policy and for usage. */
+        ag_resp_doc doc;
+        ag_resp_doc_init(&doc);
+        if (r->resp_json) {
+            ag_json_arena_enter(&r->json_arena); /* deleted in ex_send_buffered */
+            ag_resp_doc_parse(&doc, r->resp_json, r->resp_json_len);
+            ag_json_arena_leave();
+        }
+        if (usage_json && doc.root)
             ag_usage_from_held_response(r, doc.root, r->resp_json, r->resp_json_len);
-        else
+        else if (usage_json)
             ag_usage_from_json_response(r, r->resp_json, r->resp_json_len);
-    }
-    if (r->resp_buffered)
         ex_send_buffered(ex, &doc);
-    else
-        ag_resp_doc_free(&doc);
+    } else if (usage_json) {
+        ag_usage_from_json_response(r, r->resp_json, r->resp_json_len);
+    }
     bool reusable = llhttp_should_keep_alive(&ex->parser);
     ag_upconn *uc = ex->uc;
     ex->uc = NULL;

@@ -120,9 +120,17 @@ static int step_object(ag_resp_doc *d, const char *text, const char **pp, const 
     }
 }
 
+void ag_resp_doc_init(ag_resp_doc *d)
+{
+    d->root = NULL; /* the spans are read only below nspans: no need to clear 1 KiB of them */
+    d->partial = false;
+    d->stepped = 0;
+    d->nspans = 0;
+}
+
 void ag_resp_doc_parse(ag_resp_doc *d, const char *text, size_t len)
 {
-    memset(d, 0, sizeof *d);
+    ag_resp_doc_init(d);
     const char *p = ag_json_skip_ws(text, text + len);
     if (p < text + len && *p == '{' && (d->root = cJSON_CreateObject()) &&
         step_object(d, text, &p, text + len, d->root, 0) == 0) {
@@ -192,5 +200,5 @@ done:
 void ag_resp_doc_free(ag_resp_doc *d)
 {
     cJSON_Delete(d->root);
-    memset(d, 0, sizeof *d);
+    ag_resp_doc_init(d);
 }

@@ -1,7 +1,8 @@
 /* Strict JSON parsing for bytes that must mean the same thing to us and to Azure.
  *
  * cJSON alone is lenient in ways that let two parsers disagree: it keeps duplicate keys (and looks up
- * the first), truncates strings at an escaped NUL, copies invalid UTF-8, and ignores trailing bytes.
+ * the first), truncates strings at an escaped NUL, copies invalid UTF-8, takes NUL and the other
+ * control bytes for whitespace, and ignores trailing bytes.
  * ag_json_parse_strict() refuses all of these, plus raw control characters in strings, non-finite
  * numbers, excessive nesting and excessive node counts, before or right after cJSON parses. */
 #ifndef AOAI_GUARD_JSON_STRICT_H
@@ -16,7 +17,8 @@ typedef enum ag_json_status {
     AG_JSON_SYNTAX,       /* cJSON could not parse it */
     AG_JSON_TRAILING,     /* bytes after the top-level value */
     AG_JSON_BAD_UTF8,     /* malformed, overlong, surrogate or > U+10FFFF sequence */
-    AG_JSON_CONTROL_CHAR, /* raw byte < 0x20 inside a string */
+    AG_JSON_CONTROL_CHAR, /* raw byte < 0x20 inside a string, or one other than tab, LF and CR
+                           * between tokens (cJSON takes any byte <= 0x20 for whitespace) */
     AG_JSON_NUL_ESCAPE,   /* \u0000 inside a string */
     AG_JSON_DUP_KEY,      /* the same key twice in one object */
     AG_JSON_TOO_DEEP,     /* nesting beyond the limit */

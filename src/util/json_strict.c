@@ -15,7 +15,7 @@ const char *ag_json_status_str(ag_json_status status)
     case AG_JSON_SYNTAX: return "invalid JSON";
     case AG_JSON_TRAILING: return "trailing bytes after the JSON value";
     case AG_JSON_BAD_UTF8: return "invalid UTF-8";
-    case AG_JSON_CONTROL_CHAR: return "unescaped control character in a string";
+    case AG_JSON_CONTROL_CHAR: return "control character (unescaped in a string, or between tokens)";
     case AG_JSON_NUL_ESCAPE: return "\\u0000 in a string";
     case AG_JSON_DUP_KEY: return "duplicate key";
     case AG_JSON_TOO_DEEP: return "nesting too deep";
@@ -202,6 +202,11 @@ static ag_json_status prescan(const char *buf, size_t len, const ag_json_limits 
             nodes++;
             break;
         default:
+            /* cJSON skips every byte up to 0x20 between tokens; JSON's whitespace is four */
+            if (c < 0x20 && c != '\t' && c != '\n' && c != '\r') {
+                *off = i;
+                return AG_JSON_CONTROL_CHAR;
+            }
             break;
         }
         if (nodes > lim->max_nodes * 2 + 1) {

@@ -694,6 +694,16 @@ class A2LimitsOnSharedGateway(SharedGateway):
         """A5 "\\u0000 truncates in cJSON: 400"."""
         self.json_400(b'{"messages":[{"role":"user","content":"ok\\u0000 evil"}]}')
 
+    def test_json_control_bytes_between_tokens(self):
+        """A5 parser differential: cJSON takes any byte up to 0x20 for whitespace (NUL, vertical
+        tab, form feed, ...); JSON allows space, tab, LF and CR only. Such a body is 400, not
+        inspected and forwarded. Found by fuzz.run.body."""
+        for c in (b"\x00", b"\x0b", b"\x0c", b"\x1f", b"\x01"):
+            with self.subTest(byte=c):
+                self.json_400(b'{"messages":' + c + b'[{"role":"user","content":"a"}]}')
+        st, h, body = request(self.gw.port, "POST", CHAT, b'{"messages":\t\r\n [{"role":"user","content":"a"}]}')
+        self.assertEqual(st, 200, body)
+
     def test_json_parser_differentials(self):
         """A5 "Trailing bytes, comments, NaN, 1e999: reject"."""
         good = b'{"messages":[{"role":"user","content":"a"}]'

@@ -8,6 +8,7 @@
 #include <event2/thread.h>
 
 #include "aoai_guard/config.h"
+#include "aoai_guard/event_mem.h"
 #include "aoai_guard/json_arena.h"
 #include "aoai_guard/log.h"
 #include "aoai_guard/runtime.h"
@@ -70,6 +71,7 @@ int main(int argc, char **argv)
     const char *config_path = NULL, *port_file = NULL, *health_url = NULL;
     bool check_only = false;
     int o;
+    ag_event_mem_install();  /* before any libevent call */
     ag_json_hooks_install(); /* before any thread uses cJSON */
     while ((o = getopt_long(argc, argv, "c:kp:H:vh", opts, NULL)) != -1) {
         switch (o) {

@@ -43,6 +43,19 @@ void ag_json_arena_reset(ag_json_arena *a);
 /* Releases every chunk; a is empty afterwards. */
 void ag_json_arena_free(ag_json_arena *a);
 
+/* A mark of this thread's cJSON allocations from malloc. Two equal marks, taken on the same
+ * thread, mean cJSON took nothing from malloc in between: a tree parsed in an arena just before
+ * the first mark and not handed to another thread has no block that cJSON_Delete would free, and
+ * resetting the arena is all that releasing it takes. (That rests on the rule above: what joins
+ * a tree later is allocated when it joins; a node older than the tree is never moved into it.) */
+typedef struct ag_json_heap_mark {
+    const void *thread; /* identifies the thread */
+    unsigned long long count;
+} ag_json_heap_mark;
+
+ag_json_heap_mark ag_json_heap_mark_now(void);
+int ag_json_heap_mark_same(ag_json_heap_mark a, ag_json_heap_mark b);
+
 /* Bytes the arena holds (its chunks), for tests. */
 size_t ag_json_arena_capacity(const ag_json_arena *a);
 

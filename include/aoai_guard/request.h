@@ -102,6 +102,7 @@ typedef struct ag_request {
     char *body;
     size_t body_len, body_cap;
     cJSON *json;                    /* the strictly-parsed body, when the route takes JSON */
+    ag_json_heap_mark json_mark;    /* taken right after the parse (json_arena.h) */
     ag_json_arena json_arena;       /* nodes of json and of a held response (json_arena.h) */
     char *forward_body;             /* a rewritten body printed by cJSON (cJSON_free), else NULL */
     size_t forward_body_len;

@@ -72,6 +72,7 @@ static ag_stage_result stage_parse_body(ag_request *r)
     ag_json_arena_enter(&r->json_arena);
     r->json = ag_json_parse_strict(r->body, r->body_len, &limits, &st, &off);
     ag_json_arena_leave();
+    r->json_mark = ag_json_heap_mark_now();
     if (!r->json) {
         char msg[160];
         snprintf(msg, sizeof msg, "The request body is not acceptable JSON: %s at byte %zu.",

@@ -121,7 +121,9 @@ void ag_request_free(ag_request *r)
         ag_policy_sse_free(r->policy_sse);
         free(r->policy_sse);
     }
-    cJSON_Delete(r->json);
+    /* A tree nothing was added to since the parse is all in the arena: resetting it releases it. */
+    if (r->json && !ag_json_heap_mark_same(r->json_mark, ag_json_heap_mark_now()))
+        cJSON_Delete(r->json);
     r->json = NULL;
     ag_json_arena_reset(&r->json_arena); /* no tree from it is left */
     cJSON_free(r->forward_body); /* printed by cJSON (policy rewrite or include_usage) */

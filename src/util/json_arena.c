@@ -26,6 +26,7 @@ struct ag_json_chunk {
 #define CHUNK_MAX_STEP (1024 * 1024)
 
 static _Thread_local ag_json_arena *current;
+static _Thread_local unsigned long long heap_allocs; /* cJSON's blocks from malloc, this thread */
 
 static ag_json_chunk *chunk_new(size_t size)
 {
@@ -75,6 +76,7 @@ static void *hook_malloc(size_t size)
         if (!t)
             return NULL;
         t->kind = KIND_HEAP;
+        heap_allocs++;
     }
     return t + 1;
 }
@@ -143,6 +145,16 @@ void ag_json_arena_free(ag_json_arena *a)
     }
     a->chunks = NULL;
     a->cur = a->end = NULL;
+}
+
+ag_json_heap_mark ag_json_heap_mark_now(void)
+{
+    return (ag_json_heap_mark){.thread = &heap_allocs, .count = heap_allocs};
+}
+
+int ag_json_heap_mark_same(ag_json_heap_mark a, ag_json_heap_mark b)
+{
+    return a.thread == b.thread && a.count == b.count;
 }
 
 size_t ag_json_arena_capacity(const ag_json_arena *a)

@@ -52,10 +52,53 @@ static void *other_thread(void *p)
     return NULL;
 }
 
+static void *mark_on_thread(void *arg)
+{
+    *(ag_json_heap_mark *)arg = ag_json_heap_mark_now();
+    return NULL;
+}
+
+/* The heap mark: unchanged by arena parses, moved by every heap block cJSON takes on this
+ * thread, and never equal to a mark from another thread. An arena tree released by a reset
+ * alone (no cJSON_Delete) leaks nothing under LeakSanitizer. */
+static void test_heap_mark(ag_json_arena *a)
+{
+    ag_json_heap_mark m0 = ag_json_heap_mark_now();
+    cJSON *j = parse_in(a, doc, sizeof doc - 1);
+    CHECK(j != NULL);
+    ag_json_heap_mark m1 = ag_json_heap_mark_now();
+    CHECK(ag_json_heap_mark_same(m0, m1)); /* the parse took nothing from malloc */
+    CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "stream")) == 0);
+    CHECK(ag_json_heap_mark_same(m1, ag_json_heap_mark_now())); /* reading takes nothing */
+    ag_json_arena_reset(a); /* released without cJSON_Delete */
+
+    j = parse_in(a, doc, sizeof doc - 1);
+    m1 = ag_json_heap_mark_now();
+    CHECK(cJSON_AddTrueToObject(j, "x") != NULL); /* a node and its key from malloc */
+    CHECK(!ag_json_heap_mark_same(m1, ag_json_heap_mark_now()));
+    cJSON_Delete(j); /* what the mark says to do: the heap node goes */
+    ag_json_arena_reset(a);
+
+    j = parse_in(a, doc, sizeof doc - 1);
+    m1 = ag_json_heap_mark_now();
+    cJSON *model = cJSON_GetObjectItemCaseSensitive(j, "model");
+    CHECK(cJSON_SetValuestring(model, "a-much-longer-deployment-name-than-before") != NULL);
+    CHECK(!ag_json_heap_mark_same(m1, ag_json_heap_mark_now()));
+    cJSON_Delete(j);
+    ag_json_arena_reset(a);
+
+    ag_json_heap_mark other;
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, mark_on_thread, &other) == 0);
+    CHECK(pthread_join(t, NULL) == 0);
+    CHECK(!ag_json_heap_mark_same(other, ag_json_heap_mark_now()));
+}
+
 int main(void)
 {
     ag_json_hooks_install();
     ag_json_arena a = {0};
+    test_heap_mark(&a);
 
     /* A tree from the arena, changed with heap strings and nodes, printed, deleted. */
     cJSON *j = parse_in(&a, doc, sizeof doc - 1);

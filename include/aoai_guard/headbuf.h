@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define AG_HEADBUF_LOCAL 4096
 
@@ -21,8 +22,22 @@ typedef struct ag_headbuf {
 void ag_hb_init(ag_headbuf *b);
 /* Frees the heap copy, if any. */
 void ag_hb_release(ag_headbuf *b);
-void ag_hb_add(ag_headbuf *b, const void *data, size_t n);
-void ag_hb_str(ag_headbuf *b, const char *s);
+/* Appends n bytes. Inline while they fit (a head is dozens of short pieces: literals copy as a
+ * move or two); the growing, out-of-line part is ag_hb_add_slow. */
+void ag_hb_add_slow(ag_headbuf *b, const void *data, size_t n);
+static inline void ag_hb_add(ag_headbuf *b, const void *data, size_t n)
+{
+    if (b->cap - b->len >= n) { /* after a failure too: the head stays marked incomplete */
+        memcpy(b->p + b->len, data, n);
+        b->len += n;
+    } else {
+        ag_hb_add_slow(b, data, n);
+    }
+}
+static inline void ag_hb_str(ag_headbuf *b, const char *s)
+{
+    ag_hb_add(b, s, strlen(s));
+}
 /* Appends a string literal (its length known at compile time). */
 #define AG_HB_LIT(b, lit) ag_hb_add((b), "" lit, sizeof(lit) - 1)
 /* Decimal, and lower-case hexadecimal (chunk sizes). */

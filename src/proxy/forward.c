@@ -657,20 +657,27 @@ static void ex_resume_read(void *arg)
 }
 
 /* llhttp accepts obs-fold in response heads; an upstream that folds a header line is answered 502.
- * Scans the head only (up to its blank line), carrying the last byte across reads. */
+ * Scans the head only (up to its blank line), carrying the last byte across reads: only the byte
+ * after each line feed matters, so the scan jumps from one line feed to the next. */
 static bool head_has_obs_fold(ag_exchange *ex, const char *data, size_t len)
 {
-    for (size_t i = 0; i < len; i++) {
-        char c = data[i];
+    const char *p = data, *end = data + len;
+    while (p < end) {
         if (ex->head_prev == '\n') {
-            if (c == ' ' || c == '\t')
+            if (*p == ' ' || *p == '\t')
                 return true;
-            if (c == '\r' || c == '\n') {
+            if (*p == '\r' || *p == '\n') {
                 ex->head_scanned = true; /* the blank line: the body follows */
                 return false;
             }
         }
-        ex->head_prev = c;
+        const char *lf = memchr(p, '\n', (size_t)(end - p));
+        if (!lf) {
+            ex->head_prev = end[-1];
+            return false;
+        }
+        ex->head_prev = '\n';
+        p = lf + 1;
     }
     return false;
 }

@@ -1,6 +1,7 @@
 /* Azure OpenAI path routing (see route.h). */
 #include "aoai_guard/route.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -26,16 +27,24 @@ static const op_def operations[] = {
     {NULL, false, false},
 };
 
+/* Byte sets, one bit per byte value: RFC 3986 unreserved (ALPHA DIGIT "-._~"), and the bytes
+ * of a deployment name (the same without '~'). */
+static const uint64_t UNRESERVED[4] = {UINT64_C(0x03ff600000000000), UINT64_C(0x47fffffe87fffffe), 0, 0};
+static const uint64_t DEPLOYMENT[4] = {UINT64_C(0x03ff600000000000), UINT64_C(0x07fffffe87fffffe), 0, 0};
+
+static bool in_set(const uint64_t set[4], char ch)
+{
+    unsigned char c = (unsigned char)ch;
+    return (set[c >> 6] >> (c & 63)) & 1;
+}
+
 bool ag_route_deployment_ok(const char *s, size_t n)
 {
     if (n == 0 || n > 64)
         return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
+    for (size_t i = 0; i < n; i++)
+        if (!in_set(DEPLOYMENT, s[i]))
             return false;
-    }
     return !(n <= 2 && s[0] == '.'); /* "." and ".." are path tricks, not names */
 }
 
@@ -54,20 +63,19 @@ static bool path_clean(const char *p, size_t n)
 {
     if (n == 0 || p[0] != '/')
         return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = p[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '.' || c == '_' || c == '~' || c == '/'))
-            return false;
-        if (c == '/') {
-            size_t j = i + 1, seg = 0;
-            while (j < n && p[j] != '/')
-                j++, seg++;
-            if (seg == 0 && j < n)
-                return false; /* "//" */
-            if ((seg == 1 && p[i + 1] == '.') || (seg == 2 && p[i + 1] == '.' && p[i + 2] == '.'))
+    size_t seg = 1; /* where the current segment starts */
+    for (size_t i = 1; i <= n; i++) {
+        if (i < n && p[i] != '/') {
+            if (!in_set(UNRESERVED, p[i]))
                 return false;
+            continue;
         }
+        size_t sl = i - seg; /* a segment ends: at a '/' or at the end of the path */
+        if (sl == 0 && i < n)
+            return false; /* "//" (a trailing '/' is fine) */
+        if ((sl == 1 && p[seg] == '.') || (sl == 2 && p[seg] == '.' && p[seg + 1] == '.'))
+            return false;
+        seg = i + 1;
     }
     return true;
 }

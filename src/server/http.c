@@ -1,6 +1,7 @@
 /* HTTP/1.1 syntax checks (see http.h). */
 #include "aoai_guard/http.h"
 
+#include <stdint.h>
 #include <string.h>
 #include <strings.h>
 
@@ -12,13 +13,12 @@ bool ag_http_name_in(const char *s, size_t n, const ag_http_name *names, size_t 
     return false;
 }
 
+/* RFC 9110 tchar (ALPHA, DIGIT and "!#$%&'*+-.^`|~"), one bit per byte value. */
+static const uint64_t TCHAR[4] = {UINT64_C(0x03ff6cfa00000000), UINT64_C(0x57ffffff47fffffe), 0, 0};
+
 static bool is_tchar(unsigned char c, bool allow_underscore)
 {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-        return true;
-    if (c == '_')
-        return allow_underscore;
-    return c && strchr("!#$%&'*+-.^`|~", c) != NULL;
+    return ((TCHAR[c >> 6] >> (c & 63)) & 1) || (c == '_' && allow_underscore);
 }
 
 bool ag_http_is_token(const char *s, size_t n, bool allow_underscore)
@@ -31,9 +31,31 @@ bool ag_http_is_token(const char *s, size_t n, bool allow_underscore)
     return true;
 }
 
+#define ONES UINT64_C(0x0101010101010101)
+#define HIGHS UINT64_C(0x8080808080808080)
+
+static uint64_t load8(const char *p)
+{
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;
+}
+
+/* A mark in the high bit of each byte of w below 0x20 or equal to 0x7F (no false marks below the
+ * lowest true one; bytes at or above 0x80 are never marked). */
+static uint64_t ctl_bytes(uint64_t w)
+{
+    uint64_t del = w ^ (ONES * 0x7F);
+    return (((w - ONES * 0x20) & ~w) | ((del - ONES) & ~del)) & HIGHS;
+}
+
 bool ag_http_value_ok(const char *s, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        if (ctl_bytes(load8(s + i)))
+            break; /* a control byte here (maybe HTAB): the bytes decide below */
+    for (; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if ((c < 0x20 && c != '\t') || c == 0x7F)
             return false;
@@ -50,6 +72,14 @@ int ag_http_check_request_line(const char *line, size_t len)
         return 400;
     size_t method_len = i;
     size_t t0 = ++i;
+    /* Eight target bytes at a time while none is a control, space, DEL or '#'; the bytes decide
+     * from the first word with one. */
+    while (i + 8 <= len) {
+        uint64_t w = load8(line + i), hash = w ^ (ONES * '#');
+        if ((ctl_bytes(w) | (w & HIGHS) | ((w - ONES * 0x21) & ~w & HIGHS) | ((hash - ONES) & ~hash & HIGHS)) != 0)
+            break;
+        i += 8;
+    }
     while (i < len && line[i] != ' ') {
         unsigned char c = (unsigned char)line[i];
         if (c <= 0x20 || c >= 0x7F || c == '#')
@@ -77,13 +107,17 @@ int ag_http_check_request_line(const char *line, size_t len)
 
 bool ag_http_is_hop_by_hop(const char *name, size_t n)
 {
-    static const ag_http_name hop[] = {
-        AG_HTTP_NAME("connection"), AG_HTTP_NAME("keep-alive"), AG_HTTP_NAME("proxy-connection"),
-        AG_HTTP_NAME("te"), AG_HTTP_NAME("trailer"), AG_HTTP_NAME("transfer-encoding"),
-        AG_HTTP_NAME("upgrade"), AG_HTTP_NAME("http2-settings"), AG_HTTP_NAME("proxy-authenticate"),
-        AG_HTTP_NAME("proxy-authorization"),
-    };
-    return ag_http_name_in(name, n, hop, sizeof hop / sizeof *hop);
+    switch (n) { /* most names have no hop-by-hop name of their length */
+    case 2: return strncasecmp(name, "te", 2) == 0;
+    case 7: return strncasecmp(name, "trailer", 7) == 0 || strncasecmp(name, "upgrade", 7) == 0;
+    case 10: return strncasecmp(name, "connection", 10) == 0 || strncasecmp(name, "keep-alive", 10) == 0;
+    case 14: return strncasecmp(name, "http2-settings", 14) == 0;
+    case 16: return strncasecmp(name, "proxy-connection", 16) == 0;
+    case 17: return strncasecmp(name, "transfer-encoding", 17) == 0;
+    case 18: return strncasecmp(name, "proxy-authenticate", 18) == 0;
+    case 19: return strncasecmp(name, "proxy-authorization", 19) == 0;
+    default: return false;
+    }
 }
 
 bool ag_http_list_has(const char *value, size_t n, const char *token)

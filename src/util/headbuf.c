@@ -41,17 +41,12 @@ static bool reserve(ag_headbuf *b, size_t n)
     return true;
 }
 
-void ag_hb_add(ag_headbuf *b, const void *data, size_t n)
+void ag_hb_add_slow(ag_headbuf *b, const void *data, size_t n)
 {
     if (n == 0 || !reserve(b, n))
         return;
     memcpy(b->p + b->len, data, n);
     b->len += n;
-}
-
-void ag_hb_str(ag_headbuf *b, const char *s)
-{
-    ag_hb_add(b, s, strlen(s));
 }
 
 size_t ag_fmt_u64(char *out, uint64_t v)

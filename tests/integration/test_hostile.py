@@ -1011,7 +1011,16 @@ class EvilUpstream:
                     return
                 rest += b
             self.requests += 1
-            s.sendall(self.reply)
+            if isinstance(self.reply, list):
+                # Pieces, each its own segment: the gateway reads them apart (a pause between
+                # them paces the writes; nothing waits on it for a result).
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                for i, piece in enumerate(self.reply):
+                    if i:
+                        time.sleep(0.05)
+                    s.sendall(piece)
+            else:
+                s.sendall(self.reply)
             if self.hold:
                 while not self.stop.is_set():
                     try:
@@ -1107,6 +1116,25 @@ class A6UpstreamMisbehaviour(unittest.TestCase):
         st, h, body = c.read_response()
         c.close()
         self.assertEqual(st, 502, body)
+
+    def test_upstream_obs_fold_across_reads(self):
+        """The obs-fold scan carries the line end across reads: a fold whose line feed ends one
+        segment and whose space starts the next is a 502; a blank line split the same way ends the
+        scan, so a body with a line feed and a space in it is forwarded (200)."""
+        e, gw = self.evil_gateway([b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Folded: a\r\n",
+                                   b" b\r\nContent-Length: 14\r\n\r\n{\"choices\":[]}"])
+        c = self.chat(gw)
+        st, h, body = c.read_response()
+        c.close()
+        self.assertEqual(st, 502, body)
+        body_ok = b'{"choices":[],\n "x":1}'
+        e, gw = self.evil_gateway([b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                                   % len(body_ok), b"\r\n", body_ok])
+        c = self.chat(gw)
+        st, h, body = c.read_response()
+        c.close()
+        self.assertEqual(st, 200, body)
+        self.assertEqual(json.loads(body)["x"], 1)
 
     def test_huge_upstream_headers_502(self):
         """A2/A1: an upstream head larger than the gateway accepts (here ~200 KiB of headers) is a

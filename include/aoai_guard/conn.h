@@ -13,6 +13,7 @@
 #include <llhttp.h>
 
 #include "aoai_guard/config.h"
+#include "aoai_guard/deadline.h"
 #include "aoai_guard/request.h"
 #include "aoai_guard/token_cache.h"
 #include "aoai_guard/worker.h"
@@ -39,7 +40,7 @@ typedef struct ag_conn {
     struct bufferevent *bev;
     ag_sender snd;                     /* direct writes (plain listeners) */
     ag_reader rd;                      /* direct reads (plain listeners); reading goes through it */
-    struct event *timer;               /* the deadline of the current phase */
+    ag_deadline deadline;              /* of the current phase (its event: the phase timer) */
     llhttp_t parser;
     ag_conn_state state;
     ag_request *req;                   /* the request being read or served */

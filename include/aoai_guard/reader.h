@@ -5,10 +5,11 @@
  * the upstream side of every request. An attached ag_reader keeps the bufferevent's EV_READ off
  * and watches the socket with its own persistent event; when it fires, one recv() lands in the
  * worker's scratch buffer (up to 16 KiB) and is appended to the bufferevent's input, and the
- * bufferevent's own read callback runs, as it would have. EOF, errors and read timeouts reach the
- * bufferevent's event callback with libevent's flags (BEV_EVENT_READING | EOF/ERROR/TIMEOUT), and
- * reading stops at the bufferevent's read high-water mark until the input drains below it, as
- * libevent does. The bufferevent still owns the socket, writes, and everything else.
+ * bufferevent's own read callback runs, as it would have. EOF and errors reach the bufferevent's
+ * event callback with libevent's flags (BEV_EVENT_READING | EOF/ERROR), and reading stops at the
+ * bufferevent's read high-water mark until the input drains below it, as libevent does. Readers
+ * have no timeouts: their owners keep deadlines with timers of their own (lazy ones, which cost
+ * no event_add per request). The bufferevent still owns the socket, writes, and everything else.
  *
  * Every reader function also works on a reader that is not attached (a TLS bufferevent, whose
  * bytes must go through OpenSSL): it then does what the bufferevent call it replaces does. So
@@ -18,7 +19,6 @@
 
 #include <stdbool.h>
 #include <stddef.h>
-#include <sys/time.h>
 
 struct bufferevent;
 struct event;
@@ -40,19 +40,16 @@ typedef struct ag_reader {
     ag_read_scratch *scratch;
     struct evbuffer_cb_entry *cbe; /* on the input: resumes below the high-water mark */
     size_t high;                   /* the bufferevent's read high-water mark (0: none) */
-    struct timeval timeout;
-    bool has_timeout;
     bool enabled;                  /* the owner wants bytes */
     bool suspended;                /* the input is at the high-water mark */
     bool armed;                    /* ev is added */
-    bool timeout_changed;          /* ev must be re-added with the new timeout */
 } ag_reader;
 
 /* Binds rd to bev, not attached. Call once bev exists. */
 void ag_reader_init(ag_reader *rd, struct bufferevent *bev);
 
 /* Takes over reading of a connected plain-socket bufferevent: its EV_READ state, read high-water
- * mark and nothing else carry over (set read timeouts through the reader). Returns false, leaving
+ * mark and nothing else carry over (read timeouts do not). Returns false, leaving
  * reading to libevent, for a TLS bufferevent or when out of memory. */
 bool ag_reader_attach(ag_reader *rd, ag_read_scratch *scratch, struct event_base *base);
 
@@ -63,10 +60,5 @@ void ag_reader_detach(ag_reader *rd);
 /* bufferevent_enable / bufferevent_disable of EV_READ. */
 void ag_reader_enable(ag_reader *rd);
 void ag_reader_disable(ag_reader *rd);
-
-/* The read timeout (NULL: none); a pending read is re-armed with it. Not attached, this is
- * bufferevent_set_timeouts(bev, tv, NULL), which also clears the write timeout: for bufferevents
- * whose writes are timed by their owner (upstream connections). */
-void ag_reader_set_timeout(ag_reader *rd, const struct timeval *tv);
 
 #endif

@@ -12,6 +12,7 @@
 #include <openssl/ssl.h>
 
 #include "aoai_guard/config.h"
+#include "aoai_guard/deadline.h"
 #include "aoai_guard/reader.h"
 #include "aoai_guard/sendq.h"
 
@@ -72,6 +73,7 @@ struct ag_upconn {
     struct bufferevent *bev;
     ag_sender snd;                     /* direct writes (plain-HTTP upstreams) */
     ag_reader rd;                      /* direct reads (plain-HTTP upstreams); set once connected */
+    ag_deadline idle_deadline;         /* the pool's, while idle (lazy: deadline.h) */
     bool idle;
     bool reused;                       /* served a request before */
     int requests;

@@ -14,6 +14,7 @@
 #include <llhttp.h>
 
 #include "aoai_guard/clock.h"
+#include "aoai_guard/deadline.h"
 #include "aoai_guard/credential.h"
 #include "aoai_guard/growbuf.h"
 #include "aoai_guard/headbuf.h"
@@ -52,7 +53,7 @@ struct ag_exchange {
     ag_upconn *uc;
     ex_state state;
     llhttp_t parser;
-    struct event *timer;               /* first byte / idle deadline */
+    ag_deadline deadline;              /* first byte, then idle between reads (lazy: deadline.h) */
     /* response head, collected from llhttp callbacks */
     char *rh;
     size_t rhlen, rhcap;               /* grows up to MAX_RESPONSE_HEAD */
@@ -407,7 +408,7 @@ static int on_resp_headers_complete(llhttp_t *p)
         return 0;
     }
     r->t_upstream_head = ag_mono_ns();
-    evtimer_del(ex->timer);
+    ag_deadline_clear(&ex->deadline);
     ag_upstream_state *up = &ex->set->ups[ex->idx];
     bool retryable = status == 429 || status >= 500;
     if (retryable) {
@@ -463,8 +464,7 @@ static int on_resp_headers_complete(llhttp_t *p)
             ag_response_flush(r); /* the head goes out before this read's events are processed */
     }
     /* From now on the upstream may go quiet only for idle_timeout_ms between bytes. */
-    struct timeval tv = {up->conf->idle_timeout_ms / 1000, (up->conf->idle_timeout_ms % 1000) * 1000};
-    evtimer_add(ex->timer, &tv);
+    ag_deadline_set(&ex->deadline, up->conf->idle_timeout_ms);
     return strcmp(r->method_str, "HEAD") == 0 ? 1 : 0;
 }
 
@@ -532,13 +532,13 @@ static void ex_free(ag_exchange *ex)
         ag_upconn_release(ex->uc, false);
     ag_worker *w = ex->set->worker;
     ag_upstream_set_unref(ex->set);
-    if (ex->timer && w->nex_cache < AG_REQUEST_CACHE && ex->rhcap <= CACHED_HEAD_MAX) {
-        evtimer_del(ex->timer); /* the timer stays bound to this memory and this worker's loop */
+    if (ex->deadline.ev && w->nex_cache < AG_REQUEST_CACHE && ex->rhcap <= CACHED_HEAD_MAX) {
+        ag_deadline_clear(&ex->deadline); /* the timer stays bound to this memory and this worker's loop */
         w->ex_cache[w->nex_cache++] = ex;
         return;
     }
-    if (ex->timer)
-        event_free(ex->timer);
+    if (ex->deadline.ev)
+        event_free(ex->deadline.ev);
     free(ex->rh);
     free(ex);
 }
@@ -547,7 +547,7 @@ void ag_exchange_cache_drain(ag_worker *w)
 {
     while (w->nex_cache > 0) {
         ag_exchange *ex = w->ex_cache[--w->nex_cache];
-        event_free(ex->timer);
+        event_free(ex->deadline.ev);
         free(ex->rh);
         free(ex);
     }
@@ -644,7 +644,7 @@ static void ex_next_attempt(ag_exchange *ex)
         ag_upconn_release(ex->uc, false);
         ex->uc = NULL;
     }
-    evtimer_del(ex->timer);
+    ag_deadline_clear(&ex->deadline);
     ex_attempt(ex);
 }
 
@@ -743,11 +743,10 @@ static bool ex_process(ag_exchange *ex, struct bufferevent *bev)
             ag_response_on_drain(r, ex_resume_read, ex);
         }
         ag_upstream_state *up = &ex->set->ups[ex->idx];
-        struct timeval tv = {up->conf->idle_timeout_ms / 1000, (up->conf->idle_timeout_ms % 1000) * 1000};
         if (!ex->paused)
-            evtimer_add(ex->timer, &tv);
+            ag_deadline_set(&ex->deadline, up->conf->idle_timeout_ms);
         else
-            evtimer_del(ex->timer);
+            ag_deadline_clear(&ex->deadline);
     }
     return true;
 }
@@ -798,7 +797,7 @@ static void ex_event_cb(struct bufferevent *bev, short what, void *arg)
         ex->fresh_retry_used = true;
         ag_upconn_release(ex->uc, false);
         ex->uc = NULL;
-        evtimer_del(ex->timer);
+        ag_deadline_clear(&ex->deadline);
         const char *err = NULL;
         ex->state = EX_CONNECTING;
         ex->connecting = ag_upstream_connect(ex->set, ex->idx, ex_on_connected, ex, &err);
@@ -820,6 +819,8 @@ static void ex_event_cb(struct bufferevent *bev, short what, void *arg)
 static void ex_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     ag_exchange *ex = arg;
+    if (!ag_deadline_fired(&ex->deadline))
+        return; /* early, or no deadline (a finished exchange waiting in the cache, too) */
     ag_upstream_state *up = &ex->set->ups[ex->idx];
     if (ex->state == EX_STREAMING) {
         ag_log(AG_LOG_WARN, ex->req->id, "upstream %s idle for %lld ms mid-response", up->conf->name,
@@ -878,8 +879,7 @@ static void ex_send(ag_exchange *ex)
     if (!uc->snd.bev)
         bufferevent_enable(uc->bev, EV_WRITE);
     r->t_upstream_sent = ag_mono_ns();
-    struct timeval tv = {up->conf->first_byte_timeout_ms / 1000, (up->conf->first_byte_timeout_ms % 1000) * 1000};
-    evtimer_add(ex->timer, &tv);
+    ag_deadline_set(&ex->deadline, up->conf->first_byte_timeout_ms);
 }
 
 static void ex_on_connected(ag_upconn *uc, const char *err, bool timed_out, void *arg)
@@ -981,19 +981,19 @@ ag_stage_result ag_forward_stage(ag_request *r)
         ex = w->ex_cache[--w->nex_cache];
         char *rh = ex->rh;
         size_t rhcap = ex->rhcap;
-        struct event *timer = ex->timer;
+        ag_deadline deadline = ex->deadline; /* its timer may still be pending: it stays so */
         memset(ex, 0, offsetof(ag_exchange, hname));
         memset(&ex->nh, 0, sizeof *ex - offsetof(ag_exchange, nh));
         ex->rh = rh;
         ex->rhcap = rhcap;
-        ex->timer = timer;
+        ex->deadline = deadline;
     } else {
         ex = calloc(1, sizeof *ex);
         if (!ex) {
             ag_request_error(r, 503, "ServiceUnavailable", "Out of memory.", NULL, true);
             return AG_STAGE_DONE;
         }
-        ex->timer = evtimer_new(w->base, ex_timer_cb, ex);
+        ex->deadline.ev = evtimer_new(w->base, ex_timer_cb, ex);
     }
     ex->req = r;
     ex->set = w->upstreams;

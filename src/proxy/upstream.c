@@ -87,6 +87,8 @@ static void upconn_close(ag_upconn *uc)
         TAILQ_REMOVE(&up->idle, uc, link);
         up->nidle--;
     }
+    if (uc->idle_deadline.ev)
+        event_free(uc->idle_deadline.ev);
     if (uc->bev) {
         ag_sender_detach(&uc->snd);
         ag_reader_detach(&uc->rd);
@@ -251,6 +253,15 @@ static void idle_event_cb(struct bufferevent *bev, short what, void *arg)
     upconn_close(arg);
 }
 
+/* The pool's idle timeout: taking a connection only clears its deadline (deadline.h). */
+static void idle_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    ag_upconn *uc = arg;
+    if (!ag_deadline_fired(&uc->idle_deadline) || !uc->idle)
+        return; /* early, or in use: the exchange times it */
+    upconn_close(uc);
+}
+
 static void idle_read_cb(struct bufferevent *bev, void *arg)
 {
     /* Bytes on an idle connection are a protocol error (no request outstanding). */
@@ -269,7 +280,7 @@ ag_upconn *ag_upstream_take_idle(ag_upstream_set *set, int idx)
     uc->reused = true;
     up->reused++;
     bufferevent_setcb(uc->bev, NULL, NULL, NULL, NULL);
-    ag_reader_set_timeout(&uc->rd, NULL);
+    ag_deadline_clear(&uc->idle_deadline);
     return uc;
 }
 
@@ -282,13 +293,16 @@ void ag_upconn_release(ag_upconn *uc, bool reusable)
         upconn_close(uc);
         return;
     }
+    if (!uc->idle_deadline.ev && !(uc->idle_deadline.ev = evtimer_new(up->set->worker->base, idle_timer_cb, uc))) {
+        upconn_close(uc); /* out of memory: a pooled connection must have its deadline */
+        return;
+    }
     uc->idle = true;
     uc->requests++;
     TAILQ_INSERT_HEAD(&up->idle, uc, link); /* LIFO: the warmest connection goes out first */
     up->nidle++;
-    struct timeval tv = {up->conf->pool_idle_timeout_ms / 1000, (up->conf->pool_idle_timeout_ms % 1000) * 1000};
+    ag_deadline_set(&uc->idle_deadline, up->conf->pool_idle_timeout_ms);
     bufferevent_setcb(uc->bev, idle_read_cb, NULL, idle_event_cb, uc);
-    ag_reader_set_timeout(&uc->rd, &tv);
     ag_reader_enable(&uc->rd);
 }
 

@@ -400,8 +400,8 @@ void ag_conn_accept(ag_worker *w, int fd, const struct sockaddr *sa, int socklen
     } else {
         c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
     }
-    c->timer = evtimer_new(w->base, conn_timer_cb, c);
-    if (!c->bev || !c->timer) {
+    c->deadline.ev = evtimer_new(w->base, conn_timer_cb, c);
+    if (!c->bev || !c->deadline.ev) {
         if (!c->bev)
             close(fd);
         ag_conn_free(c);
@@ -445,8 +445,8 @@ void ag_conn_free(ag_conn *c)
     if (c->req)
         ag_request_free(c->req);
     c->req = NULL;
-    if (c->timer)
-        event_free(c->timer);
+    if (c->deadline.ev)
+        event_free(c->deadline.ev);
     if (c->bev) {
         ag_sender_detach(&c->snd);
         ag_reader_detach(&c->rd);
@@ -481,10 +481,10 @@ void ag_conn_close_if_idle(ag_conn *c)
         ag_conn_close_soon(c);
 }
 
+/* The phase deadlines are lazy (deadline.h): most requests add no timer. */
 static void conn_arm_timer(ag_conn *c, long long ms)
 {
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(c->timer, &tv);
+    ag_deadline_set(&c->deadline, ms);
 }
 
 /* Writes whatever is queued, then closes. */
@@ -500,6 +500,8 @@ static void conn_finish_and_close(ag_conn *c)
 static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     ag_conn *c = arg;
+    if (!ag_deadline_fired(&c->deadline))
+        return; /* early, or the phase has no deadline now */
     switch (c->state) {
     case AG_CONN_IDLE:
         if (c->req) /* bytes of a head arrived in the meantime */
@@ -909,7 +911,7 @@ static void conn_after_message(ag_conn *c)
     r->body_done = true;
     r->t_body = ag_mono_ns();
     c->state = AG_CONN_BUSY;
-    evtimer_del(c->timer);
+    ag_deadline_clear(&c->deadline);
     ag_pipeline_resume(r);
 }
 

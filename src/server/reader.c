@@ -43,14 +43,13 @@ static void rearm(ag_reader *rd)
             evbuffer_cb_clear_flags(in, rd->cbe, EVBUFFER_CB_ENABLED);
     }
     bool want = rd->enabled && !rd->suspended;
-    if (want == rd->armed && !(want && rd->timeout_changed))
+    if (want == rd->armed)
         return; /* as it is: no event_add per request for a reader that stays on */
     if (want)
-        event_add(rd->ev, rd->has_timeout ? &rd->timeout : NULL);
+        event_add(rd->ev, NULL);
     else
         event_del(rd->ev);
     rd->armed = want;
-    rd->timeout_changed = false;
 }
 
 /* Tells the bufferevent's owner what happened, as libevent's read path does. */
@@ -63,7 +62,7 @@ static void report(ag_reader *rd, short what)
         eventcb(rd->bev, what, arg); /* may free the bufferevent and rd */
 }
 
-/* Stops reading and reports what ended it, as libevent does on a timeout, EOF or error. */
+/* Stops reading and reports what ended it, as libevent does on EOF or an error. */
 static void stop_and_report(ag_reader *rd, short what)
 {
     int e = errno; /* the event callback reads it; event_del must not change it */
@@ -77,12 +76,7 @@ static void reader_cb(evutil_socket_t fd, short what, void *arg)
 {
     ag_reader *rd = arg;
     struct bufferevent *bev = rd->bev;
-    if (what & EV_TIMEOUT) {
-        if (!rd->has_timeout)
-            return; /* armed before the timeout was cleared, in this loop pass: stale */
-        stop_and_report(rd, BEV_EVENT_TIMEOUT);
-        return;
-    }
+    (void)what; /* EV_READ: the event has no timeout */
     struct evbuffer *in = bufferevent_get_input(bev);
     size_t want = rd->scratch->size;
     if (rd->high) {
@@ -197,20 +191,5 @@ void ag_reader_disable(ag_reader *rd)
         return;
     }
     rd->enabled = false;
-    rearm(rd);
-}
-
-void ag_reader_set_timeout(ag_reader *rd, const struct timeval *tv)
-{
-    if (!rd->ev) {
-        bufferevent_set_timeouts(rd->bev, tv, NULL);
-        return;
-    }
-    if (!tv && !rd->has_timeout)
-        return;
-    rd->has_timeout = tv != NULL;
-    if (tv)
-        rd->timeout = *tv;
-    rd->timeout_changed = true;
     rearm(rd);
 }

@@ -101,10 +101,9 @@ static int dispatch(ag_sse_parser *p)
     return rc;
 }
 
-static int process_line(ag_sse_parser *p)
+/* Interprets one complete line l[0..n) (without its terminator). */
+static int process_line(ag_sse_parser *p, const char *l, size_t n)
 {
-    const char *l = p->line ? p->line : "";
-    size_t n = p->line_len;
     if (n == 0)
         return dispatch(p);
     if (l[0] == ':')
@@ -136,6 +135,30 @@ static int process_line(ag_sse_parser *p)
     return 0;
 }
 
+/* The first CR or LF in s[0..n), or s + n. */
+static const char *find_eol(const char *s, size_t n)
+{
+    const char *lf = memchr(s, '\n', n);
+    const char *cr = memchr(s, '\r', lf ? (size_t)(lf - s) : n);
+    return cr ? cr : lf ? lf : s + n;
+}
+
+/* Appends to the raw bytes of the event being read (keep_raw). */
+static int raw_add(ag_sse_parser *p, const char *s, size_t n)
+{
+    if (grow(&p->raw, &p->raw_cap, p->raw_len + n + 1, p->max * 2 + 1024))
+        return -1;
+    memcpy(p->raw + p->raw_len, s, n);
+    p->raw_len += n;
+    return 0;
+}
+
+static int fail(ag_sse_parser *p)
+{
+    p->failed = true;
+    return -1;
+}
+
 int ag_sse_parser_feed(ag_sse_parser *p, const char *data, size_t len)
 {
     if (p->failed)
@@ -158,57 +181,47 @@ int ag_sse_parser_feed(ag_sse_parser *p, const char *data, size_t len)
         i++;
         if (++p->bom_seen == 3) {
             p->started = true;
-            if (p->keep_raw) { /* a filter forwards the BOM like every other byte */
-                if (grow(&p->raw, &p->raw_cap, p->raw_len + 4, p->max * 2 + 1024)) {
-                    p->failed = true;
-                    return -1;
-                }
-                memcpy(p->raw + p->raw_len, bom, 3);
-                p->raw_len += 3;
-            }
+            /* a filter forwards the BOM like every other byte */
+            if (p->keep_raw && raw_add(p, (const char *)bom, 3))
+                return fail(p);
         }
     }
     while (i < len) {
         char c = data[i];
-        if (p->keep_raw) {
-            /* The next ordinary run or the single terminator about to be consumed. */
-            size_t j = i;
-            if (c != '\r' && c != '\n')
-                while (j < len && data[j] != '\r' && data[j] != '\n')
-                    j++;
-            else
-                j = i + 1;
-            if (grow(&p->raw, &p->raw_cap, p->raw_len + (j - i) + 1, p->max * 2 + 1024)) {
-                p->failed = true;
-                return -1;
-            }
-            memcpy(p->raw + p->raw_len, data + i, j - i);
-            p->raw_len += j - i;
-        }
-        if (c == '\n' && p->after_cr) {
-            p->after_cr = false;
-            i++;
-            continue;
-        }
-        p->after_cr = false;
         if (c == '\r' || c == '\n') {
-            p->after_cr = c == '\r';
-            if (process_line(p)) {
-                p->failed = true;
-                return -1;
+            if (p->keep_raw && raw_add(p, data + i, 1))
+                return fail(p);
+            if (c == '\n' && p->after_cr) { /* the LF of a CRLF */
+                p->after_cr = false;
+                i++;
+                continue;
             }
+            p->after_cr = c == '\r';
+            if (process_line(p, p->line ? p->line : "", p->line_len))
+                return fail(p);
             p->line_len = 0;
             i++;
             continue;
         }
-        /* Copy the run of ordinary bytes up to the next terminator at once. */
-        size_t j = i;
-        while (j < len && data[j] != '\r' && data[j] != '\n')
-            j++;
-        if (grow(&p->line, &p->line_cap, p->line_len + (j - i) + 1, p->max)) {
-            p->failed = true;
-            return -1;
+        p->after_cr = false;
+        /* The run of ordinary bytes up to the next terminator, found at once. */
+        size_t j = (size_t)(find_eol(data + i, len - i) - data);
+        if (p->keep_raw && raw_add(p, data + i, j - i))
+            return fail(p);
+        if (j < len && p->line_len == 0) {
+            /* A whole line in this read: interpreted where it is, with its terminator. */
+            if (j - i + 1 > p->max + 64) /* the bound the line buffer would have applied */
+                return fail(p);
+            if (p->keep_raw && raw_add(p, data + j, 1))
+                return fail(p);
+            p->after_cr = data[j] == '\r';
+            if (process_line(p, data + i, j - i))
+                return fail(p);
+            i = j + 1;
+            continue;
         }
+        if (grow(&p->line, &p->line_cap, p->line_len + (j - i) + 1, p->max))
+            return fail(p);
         memcpy(p->line + p->line_len, data + i, j - i);
         p->line_len += j - i;
         i = j;

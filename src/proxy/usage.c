@@ -101,6 +101,24 @@ static const char *find_usage_object(const char *text, size_t len)
 }
 
 
+/* Whether text has a "usage" key (or the same bytes anywhere) followed by an object: the prefilter
+ * of a streamed event, whose tree then decides. Forward with memmem, so an event without usage
+ * (nearly all of a stream) costs one fast pass, not a step back to every quote. */
+static bool has_usage_object(const char *text, size_t len)
+{
+    const char *end = text + len, *p = text;
+    while ((p = memmem(p, (size_t)(end - p), "\"usage\"", 7)) != NULL) {
+        const char *q = ag_json_skip_ws(p + 7, end);
+        if (q < end && *q == ':') {
+            q = ag_json_skip_ws(q + 1, end);
+            if (q < end && *q == '{')
+                return true;
+        }
+        p += 6; /* the closing quote may open the next match */
+    }
+    return false;
+}
+
 /* The usage object read in place, without building a tree: the five counters Azure sends, as
  * plain non-negative integers; everything else is skipped. Returns 1 when it read the object
  * (*found tells whether it holds usage), 0 when the object has a shape this fast path leaves to
@@ -260,7 +278,7 @@ int ag_usage_from_sse_event(ag_request *r, const ag_sse_event *ev)
     if (!r->want_text) {
         /* Without an audit trail only usage matters: most chunks carry none ("usage":null or no
          * key), so they are not parsed at all. */
-        if (!find_usage_object(ev->data, ev->data_len))
+        if (!has_usage_object(ev->data, ev->data_len))
             return 0;
     }
     /* The event's tree lives only here: its nodes come from the worker's event arena (a 200-chunk

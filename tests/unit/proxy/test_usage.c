@@ -158,6 +158,52 @@ int main(void)
         }
     }
     CHECK_INT(diffs, 0);
+
+    /* Streamed events: the prefilter that spares most events a parse must never skip one whose
+     * tree has usage. Oracle: the same event with the completion text wanted, which parses every
+     * event. Chunks of Azure's shapes, mutated. */
+    static const char *const events[] = {
+        "{\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"index\":0}],\"usage\":null}",
+        "{\"choices\":[],\"usage\":{\"completion_tokens\":9,\"prompt_tokens\":4,\"total_tokens\":13}}",
+        "{\"usage\":{\"prompt_tokens\":1,\"total_tokens\":1},\"choices\":[{\"delta\":{\"content\":\"usage\"}}]}",
+        "{\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":5,\"output_tokens\":2}}}",
+        "{\"choices\":[{\"delta\":{\"content\":\"\\\"usage\\\":{\"}}],\"usage\" : \t{\"prompt_tokens\":2,\"total_tokens\":2}}",
+    };
+    /* No control bytes other than JSON's whitespace: cJSON skips any byte below 0x20 as space,
+     * the prefilter (like the in-place scan) only JSON's four. */
+    static const char sse_alphabet[] = "{}[]\",:\\ 0123456789.e-tnulrfaspmo_\t\nE+/u";
+    int sse_diffs = 0, with_usage = 0;
+    for (int iter = 0; iter < 100000; iter++) {
+        char buf[512];
+        const char *seed = events[rnd(sizeof events / sizeof *events)];
+        size_t len = strlen(seed);
+        memcpy(buf, seed, len);
+        for (int e = (int)rnd(3); e > 0 && len > 2 && len < sizeof buf - 2; e--) {
+            size_t at = rnd((unsigned)len);
+            if (rnd(2)) {
+                buf[at] = sse_alphabet[rnd(sizeof sse_alphabet - 1)];
+            } else {
+                memmove(buf + at, buf + at + 1, len - at - 1);
+                len--;
+            }
+        }
+        ag_sse_event ev = {"", 0, buf, len, buf, len};
+        ag_usage got[2];
+        for (int want = 0; want < 2; want++) {
+            memset(&req->usage, 0, sizeof req->usage);
+            req->want_text = want;
+            ag_usage_from_sse_event(req, &ev);
+            got[want] = req->usage;
+            free(req->completion_text);
+            req->completion_text = NULL;
+            req->completion_len = req->completion_cap = 0;
+        }
+        with_usage += got[1].present;
+        if (!same(got[0], got[1]) && sse_diffs++ < 5)
+            fprintf(stderr, "  stream event differs (%d %lld %lld / %d %lld %lld) on: %.*s\n", got[0].present, got[0].prompt_tokens, got[0].total_tokens, got[1].present, got[1].prompt_tokens, got[1].total_tokens, (int)len, buf);
+    }
+    CHECK_INT(sse_diffs, 0);
+    CHECK(with_usage > 10000);
     free(req);
     return CHECK_DONE();
 }

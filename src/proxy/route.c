@@ -59,25 +59,28 @@ static void set_name(char *dst, size_t cap, const char *src)
 
 /* Only unreserved characters and '/' in a routed path; no empty, "." or ".." segments. Percent
  * escapes are refused outright so that we and Azure can never decode a path differently. */
+/* A segment s[0..n) that is "." or "..". */
+static bool dot_segment(const char *s, size_t n)
+{
+    return (n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.');
+}
+
 static bool path_clean(const char *p, size_t n)
 {
     if (n == 0 || p[0] != '/')
         return false;
-    size_t seg = 1; /* where the current segment starts */
-    for (size_t i = 1; i <= n; i++) {
-        if (i < n && p[i] != '/') {
-            if (!in_set(UNRESERVED, p[i]))
+    const char *end = p + n, *seg = p + 1; /* where the current segment starts */
+    for (const char *s = seg; s < end; s++) {
+        if (*s != '/') {
+            if (!in_set(UNRESERVED, *s))
                 return false;
             continue;
         }
-        size_t sl = i - seg; /* a segment ends: at a '/' or at the end of the path */
-        if (sl == 0 && i < n)
-            return false; /* "//" (a trailing '/' is fine) */
-        if ((sl == 1 && p[seg] == '.') || (sl == 2 && p[seg] == '.' && p[seg + 1] == '.'))
-            return false;
-        seg = i + 1;
+        if (s == seg || dot_segment(seg, (size_t)(s - seg)))
+            return false; /* "//", "/./", "/../" */
+        seg = s + 1;
     }
-    return true;
+    return !dot_segment(seg, (size_t)(end - seg)); /* the last segment may be empty */
 }
 
 static const op_def *find_op(const char *s, size_t n)

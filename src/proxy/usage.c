@@ -76,15 +76,19 @@ static void take_responses_text(ag_request *r, const cJSON *resp)
 
 /* Where a non-null "usage" object starts in text (its '{'), or NULL. The last occurrence wins:
  * Azure puts usage at the end, after any text that could mention the word; so the search runs
- * from the end, quote by quote. */
+ * from the end, from one 'g' to the one before (the key's fifth byte; the usage object's own keys
+ * have one 'g' between them, in "reasoning_tokens"). */
 static const char *find_usage_object(const char *text, size_t len)
 {
+    if (len < 7)
+        return NULL;
     const char *end = text + len;
-    size_t n = len;
-    const char *p;
-    while (n > 0 && (p = memrchr(text, '"', n)) != NULL) {
-        n = (size_t)(p - text); /* the next search ends before this quote */
-        if ((size_t)(end - p) < 7 || memcmp(p, "\"usage\"", 7) != 0)
+    size_t n = len - 2; /* a 'g' of "usage" has the closing quote two bytes after it */
+    const char *g;
+    while (n > 4 && (g = memrchr(text + 4, 'g', n - 4)) != NULL) {
+        n = (size_t)(g - text); /* the next search ends before this 'g' */
+        const char *p = g - 4;
+        if (memcmp(p, "\"usage\"", 7) != 0)
             continue;
         const char *q = p + 7;
         while (q < end && (*q == ' ' || *q == '\t' || *q == '\r' || *q == '\n'))
@@ -99,7 +103,6 @@ static const char *find_usage_object(const char *text, size_t len)
     }
     return NULL;
 }
-
 
 /* Whether text has a "usage" key (or the same bytes anywhere) followed by an object: the prefilter
  * of a streamed event, whose tree then decides. It looks for the key's 'g' with memchr (the

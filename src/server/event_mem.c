@@ -67,6 +67,7 @@ static void cache_drop(void *arg)
         c->head[i] = NULL;
     }
     c->bytes = 0;
+    c->registered = false; /* a block freed later in the thread's exit registers the lists again */
 }
 
 static void make_exit_key(void)

@@ -1,35 +1,24 @@
 /* libevent's allocation functions with a per-thread block cache (see event_mem.h). */
 #include "aoai_guard/event_mem.h"
 
+#include <malloc.h>
 #include <pthread.h>
-#include <stdalign.h>
 #include <stdbool.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include <event2/event.h>
 
 #define MIN_SHIFT 10 /* 1 KiB: libevent's smallest evbuffer chain */
 #define NCLASS 7     /* 1 KiB .. 64 KiB */
-#define CLASS_HEAP 0xffffu
-
-#define MAGIC UINT32_C(0x65766d31) /* "evm1" */
-
-typedef struct header {
-    alignas(16) uint32_t magic;
-    uint32_t cls; /* 0..NCLASS-1, or CLASS_HEAP: size of its own, from malloc */
-    size_t size;  /* bytes after the header */
-} header;
 
 typedef struct free_block {
     struct free_block *next;
 } free_block;
 
 typedef struct thread_cache {
-    free_block *head[NCLASS];
-    size_t bytes;
-    bool registered; /* the exit destructor knows this thread's cache */
+    free_block *head[NCLASS]; /* class k: blocks of at least 2^(10+k) usable bytes */
+    size_t bytes;             /* usable bytes on the lists */
+    bool registered;          /* the exit destructor knows this thread's cache */
     ag_event_mem_stats stats;
 } thread_cache;
 
@@ -37,31 +26,43 @@ static _Thread_local thread_cache tc;
 static pthread_key_t exit_key;
 static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
 
-static size_t class_size(unsigned cls)
+static size_t class_size(int cls)
 {
     return (size_t)1 << (MIN_SHIFT + cls);
 }
 
-/* The class of an allocation of n bytes: only the exact powers of two libevent uses for its
- * chains are cached, so no block is ever larger than what was asked. */
-static unsigned class_of(size_t n)
+/* The class an allocation of n bytes is served from: only the exact powers of two libevent asks
+ * for its chains; -1 for every other size. */
+static int class_of_request(size_t n)
 {
     if (n < class_size(0) || n > class_size(NCLASS - 1) || (n & (n - 1)) != 0)
-        return CLASS_HEAP;
-    unsigned cls = 0;
+        return -1;
+    int cls = 0;
     while (class_size(cls) < n)
         cls++;
+    return cls;
+}
+
+/* The class a freed block of u usable bytes can serve: the largest class it holds whole (a block
+ * is never handed out for more than it holds); -1 when it is outside the cached range. */
+static int class_of_block(size_t u)
+{
+    if (u < class_size(0) || u >= class_size(NCLASS - 1) * 2)
+        return -1;
+    int cls = NCLASS - 1;
+    while (class_size(cls) > u)
+        cls--;
     return cls;
 }
 
 static void cache_drop(void *arg)
 {
     thread_cache *c = arg;
-    for (unsigned i = 0; i < NCLASS; i++) {
+    for (int i = 0; i < NCLASS; i++) {
         free_block *b = c->head[i];
         while (b) {
             free_block *next = b->next;
-            free((header *)b - 1);
+            free(b);
             b = next;
         }
         c->head[i] = NULL;
@@ -88,88 +89,43 @@ static bool cache_registered(void)
     return true;
 }
 
-static void *block_new(unsigned cls, size_t n)
-{
-    if (n > SIZE_MAX - sizeof(header))
-        return NULL;
-    header *h = malloc(sizeof *h + n);
-    if (!h)
-        return NULL;
-    h->magic = MAGIC;
-    h->cls = cls;
-    h->size = n;
-    return h + 1;
-}
-
-static header *header_of(void *p)
-{
-    header *h = (header *)p - 1;
-    if (h->magic != MAGIC) {
-        /* A block libevent did not get from these functions: a broken rule of event_mem.h. */
-        fprintf(stderr, "aoai-guard: libevent freed a block it did not allocate here\n");
-        abort();
-    }
-    return h;
-}
-
 void *ag_event_mem_malloc(size_t n)
 {
-    unsigned cls = class_of(n);
-    if (cls == CLASS_HEAP)
-        return block_new(CLASS_HEAP, n);
+    int cls = class_of_request(n);
+    if (cls < 0)
+        return malloc(n);
     free_block *b = tc.head[cls];
     if (b) {
         tc.head[cls] = b->next;
-        tc.bytes -= class_size(cls);
+        tc.bytes -= malloc_usable_size(b);
         tc.stats.hits++;
         return b;
     }
     tc.stats.misses++;
-    return block_new(cls, class_size(cls));
+    return malloc(n);
 }
 
 void ag_event_mem_free(void *p)
 {
     if (!p)
         return;
-    header *h = header_of(p);
-    unsigned cls = h->cls;
-    if (cls != CLASS_HEAP && tc.bytes + class_size(cls) <= AG_EVENT_MEM_CACHE_BYTES && cache_registered()) {
+    size_t u = malloc_usable_size(p);
+    int cls = class_of_block(u);
+    if (cls >= 0 && tc.bytes + u <= AG_EVENT_MEM_CACHE_BYTES && cache_registered()) {
         free_block *b = p;
         b->next = tc.head[cls];
         tc.head[cls] = b;
-        tc.bytes += class_size(cls);
+        tc.bytes += u;
         return;
     }
-    if (cls != CLASS_HEAP)
+    if (cls >= 0)
         tc.stats.released++;
-    h->magic = 0; /* a second free of it then stops in header_of */
-    free(h);
+    free(p);
 }
 
 void *ag_event_mem_realloc(void *p, size_t n)
 {
-    if (!p)
-        return ag_event_mem_malloc(n);
-    header *h = header_of(p);
-    if (h->cls == CLASS_HEAP && class_of(n) == CLASS_HEAP) {
-        if (n > SIZE_MAX - sizeof(header))
-            return NULL;
-        header *g = realloc(h, sizeof *g + n);
-        if (!g)
-            return NULL;
-        g->size = n;
-        return g + 1;
-    }
-    if (h->cls != CLASS_HEAP && n <= class_size(h->cls) && class_of(n) == h->cls)
-        return p;
-    /* Between a cached class and another size: a new block, the bytes, the old one freed. */
-    void *q = ag_event_mem_malloc(n);
-    if (!q)
-        return NULL;
-    memcpy(q, p, h->size < n ? h->size : n);
-    ag_event_mem_free(p);
-    return q;
+    return realloc(p, n); /* every block is malloc's own, wherever it was cached */
 }
 
 void ag_event_mem_install(void)

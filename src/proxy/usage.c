@@ -74,58 +74,50 @@ static void take_responses_text(ag_request *r, const cJSON *resp)
     }
 }
 
+/* Given the position of a 'g' in text (at least four bytes in, at least two before the end):
+ * when it is the 'g' of a "usage" key followed by an object, where that object starts (its '{');
+ * else NULL. Both searches below look for the key's 'g', the rarest of its letters in Azure's
+ * JSON (of the usage object's own keys only "reasoning_tokens" has one). */
+static const char *usage_object_at(const char *g, const char *end)
+{
+    const char *p = g - 4;
+    if (memcmp(p, "\"usage\"", 7) != 0)
+        return NULL;
+    const char *q = ag_json_skip_ws(p + 7, end);
+    if (q >= end || *q != ':')
+        return NULL;
+    q = ag_json_skip_ws(q + 1, end);
+    return q < end && *q == '{' ? q : NULL;
+}
+
 /* Where a non-null "usage" object starts in text (its '{'), or NULL. The last occurrence wins:
  * Azure puts usage at the end, after any text that could mention the word; so the search runs
- * from the end, from one 'g' to the one before (the key's fifth byte; the usage object's own keys
- * have one 'g' between them, in "reasoning_tokens"). */
+ * from the end, from one 'g' to the one before. */
 static const char *find_usage_object(const char *text, size_t len)
 {
     if (len < 7)
         return NULL;
-    const char *end = text + len;
+    const char *end = text + len, *g, *obj;
     size_t n = len - 2; /* a 'g' of "usage" has the closing quote two bytes after it */
-    const char *g;
     while (n > 4 && (g = memrchr(text + 4, 'g', n - 4)) != NULL) {
+        if ((obj = usage_object_at(g, end)) != NULL)
+            return obj;
         n = (size_t)(g - text); /* the next search ends before this 'g' */
-        const char *p = g - 4;
-        if (memcmp(p, "\"usage\"", 7) != 0)
-            continue;
-        const char *q = p + 7;
-        while (q < end && (*q == ' ' || *q == '\t' || *q == '\r' || *q == '\n'))
-            q++;
-        if (q < end && *q == ':') {
-            q++;
-            while (q < end && (*q == ' ' || *q == '\t' || *q == '\r' || *q == '\n'))
-                q++;
-            if (q < end && *q == '{')
-                return q;
-        }
     }
     return NULL;
 }
 
 /* Whether text has a "usage" key (or the same bytes anywhere) followed by an object: the prefilter
- * of a streamed event, whose tree then decides. It looks for the key's 'g' with memchr (the
- * rarest of its letters in chunk JSON, a few per event) and compares around each one, so an event
- * without usage (nearly all of a stream) costs a few vector scans, not a step back to every quote. */
+ * of a streamed event, whose tree then decides. Forward from 'g' to 'g' with memchr, so an event
+ * without usage (nearly all of a stream) costs a few vector scans. */
 static bool has_usage_object(const char *text, size_t len)
 {
     if (len < 7)
         return false;
     const char *end = text + len;
-    const char *g = text + 4; /* "usage": the 'g' is the key's fifth byte, the quote two after it */
-    while (g + 3 <= end && (g = memchr(g, 'g', (size_t)(end - g - 2))) != NULL) {
-        const char *p = g - 4;
-        if (memcmp(p, "\"usage\"", 7) == 0) {
-            const char *q = ag_json_skip_ws(p + 7, end);
-            if (q < end && *q == ':') {
-                q = ag_json_skip_ws(q + 1, end);
-                if (q < end && *q == '{')
-                    return true;
-            }
-        }
-        g++;
-    }
+    for (const char *g = text + 4; g + 3 <= end && (g = memchr(g, 'g', (size_t)(end - g - 2))) != NULL; g++)
+        if (usage_object_at(g, end))
+            return true;
     return false;
 }
 

@@ -5,14 +5,17 @@
 # caches or stalls: a ratio of two counts says which binary does less work in user space, not how
 # much faster it is. tests/bench/PROFILE.md quotes it before and after each change.
 #
-#   tests/bench/callgrind.sh [--build-dir DIR] [--ag-bin BIN] [--scenario plain|stream] [--seconds N]
+#   tests/bench/callgrind.sh [--build-dir DIR] [--ag-bin BIN] [--scenario plain|stream|full]
+#                            [--seconds N]
 #                            [--keep]
 #
 # Starts the stand-in upstream (fake_aoai) and aoai-guard (one worker, pure proxy, as the bench's
 # plain scenario) under callgrind on loopback, warms up, zeroes the counters, drives wrk for N
 # seconds (default 6) on 4 connections, dumps, and prints the instructions per request and the
-# functions that take the most. "stream" asks the upstream for 200-chunk SSE responses. Needs
-# valgrind and wrk (scripts/install-deps.sh --bench installs wrk; apt-get install valgrind).
+# functions that take the most. "stream" asks the upstream for 200-chunk SSE responses. "full" is
+# the bench's full scenario with a 1 KB prompt: an Entra token (the cached path; fake_entra and
+# bench_mint), one RPM+TPM policy, the shipped policy plus the 50 regex rules, audit to a file; the
+# count then includes the audit thread's work (not the kernel's fdatasync). Needs valgrind and wrk (scripts/install-deps.sh --bench installs wrk; apt-get install valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=build-bench
@@ -36,7 +39,7 @@ for tool in valgrind callgrind_control callgrind_annotate wrk; do
   command -v "$tool" >/dev/null || { echo "callgrind.sh: $tool is not installed" >&2; exit 2; }
 done
 [ -x "$ag_bin" ] && [ -x "$fake" ] || { echo "callgrind.sh: build $ag_bin and $fake first (scripts/bench.sh builds both)" >&2; exit 2; }
-case "$scenario" in plain|stream) ;; *) echo "callgrind.sh: --scenario plain or stream" >&2; exit 2 ;; esac
+case "$scenario" in plain|stream|full) ;; *) echo "callgrind.sh: --scenario plain, stream or full" >&2; exit 2 ;; esac
 
 tmp=$(mktemp -d /tmp/aoai-guard-callgrind.XXXXXX)
 pids=()
@@ -68,6 +71,37 @@ cat >"$tmp/gw.json" <<EOF
 "upstreams":[{"name":"bench","url":"http://127.0.0.1:$up_port","auth":{"type":"api_key","api_key":"$key"},"max_idle_connections":64}],
 "log":{"level":"warn","access_log":false}}
 EOF
+token=
+if [ "$scenario" = full ]; then
+  tenant=11111111-1111-4111-8111-111111111111
+  audience=api://aoai-guard
+  "$build/tests/fakes/fake_entra" --port 0 --port-file "$tmp/entra.port" --keys-dir "$tmp/entra-keys" \
+    --tenant "$tenant" >"$tmp/entra.log" 2>&1 &
+  pids+=($!)
+  wait_for_file "$tmp/entra.port" "fake_entra"
+  entra_url=http://127.0.0.1:$(tr -dc 0-9 <"$tmp/entra.port")
+  kid=$(grep . "$tmp/entra-keys/kids" | tail -1)
+  "$build/tests/bench_mint" --key "$tmp/entra-keys/$kid.pem" --kid "$kid" --issuer "$entra_url/$tenant/v2.0" \
+    --tenant "$tenant" --audience "$audience" --count 1 --first 0 --out "$tmp/token.txt"
+  token=$(tr -d '\n' <"$tmp/token.txt")
+  # The bench's cfg_full (tests/bench/bench.py), one worker.
+  python3 - "$tmp" "$entra_url" "$tenant" "$audience" <<'PY'
+import json, sys
+tmp, url, tenant, audience = sys.argv[1:]
+cfg = json.load(open(f"{tmp}/gw.json"))
+pol = json.load(open("conf/policy-enterprise.json"))["policy"]
+pol["rules"] += json.load(open("tests/bench/policy-regex-50.json"))["rules"]
+cfg.update({
+    "auth": {"mode": "entra", "authority_host": url, "tenants": [tenant], "audiences": [audience],
+             "rules": [{"roles": ["AI.User"], "deployments": ["*"]}]},
+    "rate_limits": {"store": {"type": "memory"},
+                    "policies": [{"name": "bench-rpm-tpm", "key": ["tid", "oid"],
+                                  "requests_per_minute": 1000000000, "tokens_per_minute": 1000000000}]},
+    "policy": pol,
+    "audit": {"sinks": [{"type": "file", "path": f"{tmp}/audit.jsonl"}], "spool_dir": f"{tmp}/spool"}})
+json.dump(cfg, open(f"{tmp}/gw.json", "w"))
+PY
+fi
 valgrind --tool=callgrind --callgrind-out-file="$tmp/callgrind.out" "$ag_bin" --config "$tmp/gw.json" \
   --port-file "$tmp/gw.ports" >"$tmp/gateway.log" 2>&1 &
 vg=$!
@@ -79,11 +113,19 @@ body=$tmp/body.json
 if [ "$scenario" = stream ]; then
   curl -sf -X POST -d '{"chunks":200}' "http://127.0.0.1:$up_port/_fake/config" >/dev/null
   echo '{"messages":[{"role":"user","content":"Hello"}],"stream":true}' >"$body"
+elif [ "$scenario" = full ]; then
+  # The bench's prompt_body(1024): a 1 KB user message of business prose.
+  python3 - "$body" <<'PY'
+import json, sys
+sys.path.insert(0, "tests/bench")
+from bench import prompt_body
+json.dump(prompt_body(1024), open(sys.argv[1], "w"))
+PY
 else
   echo '{"messages":[{"role":"user","content":"Hello"}]}' >"$body"
 fi
 drive() {
-  AG_BENCH_BODY=$body AG_BENCH_CHECK=1 AG_BENCH_OUT=$2 wrk -t1 -c4 -d"$1"s -s tests/bench/wrk_post.lua \
+  AG_BENCH_BODY=$body AG_BENCH_CHECK=1 AG_BENCH_OUT=$2 AG_BENCH_TOKEN=$token wrk -t1 -c4 -d"$1"s -s tests/bench/wrk_post.lua \
     "http://127.0.0.1:$gw_port/" >/dev/null 2>&1
 }
 drive 3 "$tmp/warmup.json"

@@ -857,6 +857,7 @@ static int parse_rule(ag_policy *pol, uint32_t idx, const cJSON *obj, const char
     if (ru->has_exempt && scope_empty(&ru->exempt))
         return ag_conf_fail(err, path, "exempt", "must name at least one tenant, app, role, "
                             "deployment or operation");
+    ru->scoped = !scope_empty(&ru->scope) || ru->has_exempt;
 
     /* kind-specific keys must not appear on the other kinds */
     const char *det_name = NULL;

@@ -63,6 +63,7 @@ typedef struct ag_pol_rule {
     ag_pol_scope scope;
     ag_pol_scope exempt;
     bool has_exempt;
+    bool scoped;              /* scope or exempt names something: checked for every call */
     unsigned dirs;            /* AG_DIR_REQUEST | AG_DIR_RESPONSE */
     int threshold;            /* prompt_injection */
     /* regex */

@@ -149,9 +149,8 @@ void ag_pol_view_build(const ag_policy *pol, const ag_policy_call *call, const c
         const ag_pol_rule *ru = &pol->rules[r];
         if (!(ru->dirs & (unsigned)dir))
             continue;
-        if (!ag_pol_scope_match(&ru->scope, call, deployment))
-            continue;
-        if (ru->has_exempt && ag_pol_scope_match(&ru->exempt, call, deployment))
+        if (ru->scoped && (!ag_pol_scope_match(&ru->scope, call, deployment) ||
+                           (ru->has_exempt && ag_pol_scope_match(&ru->exempt, call, deployment))))
             continue;
         bits[r / 64] |= 1ull << (r % 64);
         switch (ru->kind) {

@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 const char *ag_json_status_str(ag_json_status status)
 {
@@ -27,9 +30,22 @@ const char *ag_json_status_str(ag_json_status status)
 
 size_t ag_json_plain_prefix(const char *s, size_t len)
 {
-    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
     size_t i = 0;
+#if defined(__SSE2__)
+    /* sixteen bytes at a time: a byte is special when it is '"', '\\' or at most 0x1f */
+    const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), ctl = _mm_set1_epi8(0x1f);
+    while (i + 16 <= len) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+        __m128i special = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)),
+                                       _mm_cmpeq_epi8(_mm_min_epu8(v, ctl), v));
+        unsigned m = (unsigned)_mm_movemask_epi8(special);
+        if (m)
+            return i + (size_t)__builtin_ctz(m);
+        i += 16;
+    }
+#endif
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
     while (i + 8 <= len) {
         uint64_t w;
         memcpy(&w, s + i, 8);
@@ -40,9 +56,6 @@ size_t ag_json_plain_prefix(const char *s, size_t len)
             return i + (size_t)(__builtin_ctzll(special) >> 3);
         i += 8;
     }
-#else
-    (void)ones;
-    (void)highs;
 #endif
     while (i < len && (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\')
         i++;

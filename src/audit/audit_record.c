@@ -281,7 +281,9 @@ static int plan_text(const char *s, size_t n, size_t field_max, text_plan *p)
         plan_free(p);
         return -1;
     }
-    if (p->len > 0 && p->len <= field_max && ag_audit_escaped_len(p->text, p->len) <= field_max) {
+    /* A byte escapes to at most six ("\u0000"): a text of field_max / 6 bytes fits unmeasured. */
+    if (p->len > 0 && p->len <= field_max &&
+        (p->len <= field_max / 6 || ag_audit_escaped_len(p->text, p->len) <= field_max)) {
         p->parts[0].off = 0; /* the common case: it fits one field */
         p->parts[0].len = p->len;
         p->nparts = 1;

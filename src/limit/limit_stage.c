@@ -66,16 +66,20 @@ static bool apply(ag_request *r, const ag_limit_result *res)
     ag_limit_build_response(res, &resp);
     char hdrs[512];
     size_t used = 0;
-    hdrs[0] = '\0';
-    for (size_t i = 0; i < resp.nheaders; i++) {
-        int n = snprintf(hdrs + used, sizeof hdrs - used, "%s: %s\r\n", resp.headers[i].name,
-                         resp.headers[i].value);
-        if (n < 0 || (size_t)n >= sizeof hdrs - used)
+    for (size_t i = 0; i < resp.nheaders; i++) { /* "name: value\r\n" lines, as many as fit */
+        size_t nl = strlen(resp.headers[i].name), vl = strlen(resp.headers[i].value);
+        if (used + nl + vl + 4 >= sizeof hdrs)
             break;
-        used += (size_t)n;
+        memcpy(hdrs + used, resp.headers[i].name, nl);
+        memcpy(hdrs + used + nl, ": ", 2);
+        memcpy(hdrs + used + nl + 2, resp.headers[i].value, vl);
+        memcpy(hdrs + used + nl + 2 + vl, "\r\n", 2);
+        used += nl + vl + 4;
     }
+    hdrs[used] = '\0';
     if (resp.status == 0) {
-        snprintf(r->ratelimit_headers, sizeof r->ratelimit_headers, "%s", hdrs);
+        _Static_assert(sizeof r->ratelimit_headers == sizeof hdrs, "the lines are copied whole");
+        memcpy(r->ratelimit_headers, hdrs, used + 1);
         return true;
     }
     ag_services *svc = &r->worker->rt->svc;

@@ -11,6 +11,7 @@
 
 #include <openssl/evp.h>
 
+#include "aoai_guard/headbuf.h"
 #include "aoai_guard/token_estimate.h"
 
 struct ag_limit_store {
@@ -658,7 +659,7 @@ static void add_header(ag_limit_response *out, const char *name, long long v)
         return;
     ag_limit_header *h = &out->headers[out->nheaders++];
     h->name = name;
-    snprintf(h->value, sizeof h->value, "%lld", v < 0 ? 0 : v);
+    h->value[ag_fmt_u64(h->value, v < 0 ? 0 : (uint64_t)v)] = '\0'; /* 20 digits at most */
 }
 
 void ag_limit_build_response(const ag_limit_result *r, ag_limit_response *out)

@@ -24,6 +24,8 @@ typedef struct ag_token_estimate {
 
 /* Estimated tokens of len bytes of UTF-8 text (invalid bytes count one token each); never < 0. */
 long long ag_tokens_text(const char *s, size_t len);
+/* The same count without the fast path for plain ASCII words: the unit tests' reference. */
+long long ag_tokens_text_general(const char *s, size_t len);
 
 /* Estimates a parsed request body for an operation ("chat/completions", "completions",
  * "embeddings", "responses"; anything else counts a top-level "prompt" string only). Reads the

@@ -218,12 +218,44 @@ static long long word_cost(scan *sc)
     return cost + sc_cost;
 }
 
-long long ag_tokens_text(const char *text, size_t len)
+static inline bool ascii_lower(unsigned char b) { return b >= 'a' && b <= 'z'; }
+static inline bool ascii_letter(unsigned char b) { return (unsigned char)((b | 0x20) - 'a') < 26; }
+
+/* The common word, [A-Z]?[a-z]* ended by an ASCII byte that is not a letter (or the end): one piece
+ * of its length, as word_cost prices it. Returns the word's end, or start when the word is another
+ * kind (more capitals, a letter beyond ASCII) and word_cost must price it. */
+static inline size_t plain_word_end(const unsigned char *s, size_t len, size_t start)
+{
+    size_t j = start + (s[start] >= 'A' && s[start] <= 'Z');
+    while (j < len && ascii_lower(s[j]))
+        j++;
+    if (j < len && (s[j] >= 0x80 || ascii_letter(s[j])))
+        return start;
+    return j;
+}
+
+static long long tokens_text(const char *text, size_t len, bool fast)
 {
     scan sc = { (const unsigned char *)text, len, 0 };
     long long cost = 0; /* hundredths */
     bool after_punct = false;
     while (sc.i < sc.len) {
+        if (fast && ascii_letter(sc.s[sc.i])) {
+            /* plain words, and the single spaces between them (each attaches to the next word) */
+            size_t start = sc.i, end;
+            while ((end = plain_word_end(sc.s, sc.len, sc.i)) > sc.i) {
+                cost += piece_cost(end - sc.i);
+                sc.i = end;
+                if (end + 1 < sc.len && sc.s[end] == ' ' && ascii_letter(sc.s[end + 1]))
+                    sc.i++;
+                else
+                    break;
+            }
+            if (sc.i != start) {
+                after_punct = false;
+                continue;
+            }
+        }
         unsigned pk = peek(&sc);
         cp_class c = PK_CLASS(pk);
         if (is_letter(c)) {
@@ -306,6 +338,16 @@ long long ag_tokens_text(const char *text, size_t len)
         }
     }
     return (cost + 99) / 100;
+}
+
+long long ag_tokens_text(const char *text, size_t len)
+{
+    return tokens_text(text, len, true);
+}
+
+long long ag_tokens_text_general(const char *text, size_t len)
+{
+    return tokens_text(text, len, false);
 }
 
 /* ---- request bodies ---- */

@@ -230,9 +230,56 @@ static void test_corpus(void)
     cJSON_Delete(doc);
 }
 
+/* The fast path for plain ASCII words against the general rules: every string over a small alphabet
+ * that covers each branch (letters of both cases, the word's end at every class, UTF-8 letters and
+ * marks, invalid bytes), then random texts from it, then each corpus string's bytes. */
+static unsigned long long rng_state = 88172645463325252ull;
+static unsigned rnd(unsigned n)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (unsigned)(rng_state % n);
+}
+
+static void test_fast_path(void)
+{
+    static const char *const atoms[] = { "a", "z", "A", "Z", "q", "Q", " ", "  ", "\n", "\t", "7", ".", ",",
+                                         "_", "'", "\xc3\xa9", "\xd0\x96", "\xe4\xbd\xa0", "\xf0\x9f\x98\x80",
+                                         "\xff", "\xc3", "\x7f", "\xc2\xa0", "abc", "Abc", "ABC", "HTTPServer",
+                                         "getUserById", "xyzzyplughabcdefghij" };
+    const size_t natoms = sizeof atoms / sizeof atoms[0];
+    char buf[512];
+    int diffs = 0;
+    for (size_t x = 0; x < natoms; x++) /* every pair and triple of atoms */
+        for (size_t y = 0; y < natoms; y++)
+            for (size_t z = 0; z < natoms; z++) {
+                int n = snprintf(buf, sizeof buf, "%s%s%s", atoms[x], atoms[y], atoms[z]);
+                for (int cut = 0; cut <= n; cut++) /* and every prefix of it */
+                    if (ag_tokens_text(buf, (size_t)cut) != ag_tokens_text_general(buf, (size_t)cut))
+                        diffs++;
+            }
+    CHECK_INT(diffs, 0);
+    for (int iter = 0; iter < 20000; iter++) {
+        size_t n = 0;
+        while (n < 400) {
+            const char *a = atoms[rnd((unsigned)natoms)];
+            size_t al = strlen(a);
+            memcpy(buf + n, a, al);
+            n += al;
+            if (rnd(40) == 0)
+                break;
+        }
+        if (ag_tokens_text(buf, n) != ag_tokens_text_general(buf, n))
+            diffs++;
+    }
+    CHECK_INT(diffs, 0);
+}
+
 int main(void)
 {
     test_text_basics();
+    test_fast_path();
     test_budget_rules();
     test_corpus();
     return CHECK_DONE();

@@ -50,6 +50,8 @@ typedef int (*ag_detect_cb)(void *arg, const ag_detect_hit *hit);
  * one detector never overlap; hits of different detectors may. Never allocates except to parse a
  * JWT candidate's header. */
 void ag_detect_scan(const char *text, size_t len, uint32_t mask, ag_detect_cb cb, void *arg);
+/* The same scan without the shortcut for plain lower-case words: the unit tests' reference. */
+void ag_detect_scan_general(const char *text, size_t len, uint32_t mask, ag_detect_cb cb, void *arg);
 
 /* The configuration name of a detector ("email", "credit_card", ...). */
 const char *ag_detector_name(ag_detector d);

@@ -42,8 +42,9 @@ int ag_detector_lookup(const char *name)
 /* ---- character classes ---- */
 
 #define C_ALNUM 1u
+#define C_PLAIN 2u /* a lower-case letter no per-letter check below starts with: not a, e, g, s */
 
-/* bytes [0-9A-Za-z] */
+/* bytes [0-9A-Za-z]: C_ALNUM, and C_PLAIN */
 static const unsigned char cclass[256] = {
     ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
     ['8'] = 1, ['9'] = 1,
@@ -51,10 +52,10 @@ static const unsigned char cclass[256] = {
     ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
     ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
     ['Y'] = 1, ['Z'] = 1,
-    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
-    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
-    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
-    ['y'] = 1, ['z'] = 1,
+    ['a'] = 1, ['b'] = 3, ['c'] = 3, ['d'] = 3, ['e'] = 1, ['f'] = 3, ['g'] = 1, ['h'] = 3,
+    ['i'] = 3, ['j'] = 3, ['k'] = 3, ['l'] = 3, ['m'] = 3, ['n'] = 3, ['o'] = 3, ['p'] = 3,
+    ['q'] = 3, ['r'] = 3, ['s'] = 1, ['t'] = 3, ['u'] = 3, ['v'] = 3, ['w'] = 3, ['x'] = 3,
+    ['y'] = 3, ['z'] = 3,
 };
 
 static inline bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
@@ -813,7 +814,7 @@ static void det_iban(scan *s, size_t i)
     (AG_DET_BIT(AG_DET_PHONE) | AG_DET_BIT(AG_DET_CREDIT_CARD) | AG_DET_BIT(AG_DET_US_SSN) | \
      AG_DET_BIT(AG_DET_IPV4))
 
-void ag_detect_scan(const char *text, size_t len, uint32_t mask, ag_detect_cb cb, void *arg)
+static void detect_scan(const char *text, size_t len, uint32_t mask, ag_detect_cb cb, void *arg, bool fast)
 {
     scan s;
     memset(&s, 0, sizeof s);
@@ -856,6 +857,14 @@ void ag_detect_scan(const char *text, size_t len, uint32_t mask, ag_detect_cb cb
         while (w < len && is_alnum(t[w]))
             w++;
         if (!any_word) {
+            i = w;
+            continue;
+        }
+        /* The usual prose word: a C_PLAIN start, not 32 long, not before ':'. Of the checks below
+         * only the storage key's can apply to it. */
+        if (fast && (cclass[c] & C_PLAIN) && w - i != 32 && (w >= len || t[w] != ':')) {
+            if (want_skey && i + 88 <= len && t[i + 86] == '=' && t[i + 87] == '=')
+                det_storage_key(&s, i);
             i = w;
             continue;
         }
@@ -902,4 +911,14 @@ void ag_detect_scan(const char *text, size_t len, uint32_t mask, ag_detect_cb cb
         }
         i = w;
     }
+}
+
+void ag_detect_scan(const char *text, size_t len, uint32_t mask, ag_detect_cb cb, void *arg)
+{
+    detect_scan(text, len, mask, cb, arg, true);
+}
+
+void ag_detect_scan_general(const char *text, size_t len, uint32_t mask, ag_detect_cb cb, void *arg)
+{
+    detect_scan(text, len, mask, cb, arg, false);
 }

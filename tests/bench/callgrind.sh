@@ -5,7 +5,7 @@
 # caches or stalls: a ratio of two counts says which binary does less work in user space, not how
 # much faster it is. tests/bench/PROFILE.md quotes it before and after each change.
 #
-#   tests/bench/callgrind.sh [--build-dir DIR] [--ag-bin BIN] [--scenario plain|stream|full]
+#   tests/bench/callgrind.sh [--build-dir DIR] [--ag-bin BIN] [--scenario plain|stream|full|full16k]
 #                            [--seconds N]
 #                            [--keep]
 #
@@ -15,7 +15,8 @@
 # functions that take the most. "stream" asks the upstream for 200-chunk SSE responses. "full" is
 # the bench's full scenario with a 1 KB prompt: an Entra token (the cached path; fake_entra and
 # bench_mint), one RPM+TPM policy, the shipped policy plus the 50 regex rules, audit to a file; the
-# count then includes the audit thread's work (not the kernel's fdatasync). Needs valgrind and wrk (scripts/install-deps.sh --bench installs wrk; apt-get install valgrind).
+# count then includes the audit thread's work (not the kernel's fdatasync). "full16k": the same with
+# the 16 KB prompt. Needs valgrind and wrk (scripts/install-deps.sh --bench installs wrk; apt-get install valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=build-bench
@@ -39,7 +40,7 @@ for tool in valgrind callgrind_control callgrind_annotate wrk; do
   command -v "$tool" >/dev/null || { echo "callgrind.sh: $tool is not installed" >&2; exit 2; }
 done
 [ -x "$ag_bin" ] && [ -x "$fake" ] || { echo "callgrind.sh: build $ag_bin and $fake first (scripts/bench.sh builds both)" >&2; exit 2; }
-case "$scenario" in plain|stream|full) ;; *) echo "callgrind.sh: --scenario plain, stream or full" >&2; exit 2 ;; esac
+case "$scenario" in plain|stream|full|full16k) ;; *) echo "callgrind.sh: --scenario plain, stream, full or full16k" >&2; exit 2 ;; esac
 
 tmp=$(mktemp -d /tmp/aoai-guard-callgrind.XXXXXX)
 pids=()
@@ -72,7 +73,7 @@ cat >"$tmp/gw.json" <<EOF
 "log":{"level":"warn","access_log":false}}
 EOF
 token=
-if [ "$scenario" = full ]; then
+if [ "$scenario" = full ] || [ "$scenario" = full16k ]; then
   tenant=11111111-1111-4111-8111-111111111111
   audience=api://aoai-guard
   "$build/tests/fakes/fake_entra" --port 0 --port-file "$tmp/entra.port" --keys-dir "$tmp/entra-keys" \
@@ -113,13 +114,13 @@ body=$tmp/body.json
 if [ "$scenario" = stream ]; then
   curl -sf -X POST -d '{"chunks":200}' "http://127.0.0.1:$up_port/_fake/config" >/dev/null
   echo '{"messages":[{"role":"user","content":"Hello"}],"stream":true}' >"$body"
-elif [ "$scenario" = full ]; then
-  # The bench's prompt_body(1024): a 1 KB user message of business prose.
-  python3 - "$body" <<'PY'
+elif [ "$scenario" = full ] || [ "$scenario" = full16k ]; then
+  # The bench's prompt_body(): a 1 KB (16 KB) user message of business prose.
+  python3 - "$body" "$([ "$scenario" = full ] && echo 1024 || echo 16384)" <<'PY'
 import json, sys
 sys.path.insert(0, "tests/bench")
 from bench import prompt_body
-json.dump(prompt_body(1024), open(sys.argv[1], "w"))
+json.dump(prompt_body(int(sys.argv[2])), open(sys.argv[1], "w"))
 PY
 else
   echo '{"messages":[{"role":"user","content":"Hello"}]}' >"$body"

@@ -247,7 +247,8 @@ static void test_fast_path(void)
     static const char *const atoms[] = { "a", "z", "A", "Z", "q", "Q", " ", "  ", "\n", "\t", "7", ".", ",",
                                          "_", "'", "\xc3\xa9", "\xd0\x96", "\xe4\xbd\xa0", "\xf0\x9f\x98\x80",
                                          "\xff", "\xc3", "\x7f", "\xc2\xa0", "abc", "Abc", "ABC", "HTTPServer",
-                                         "getUserById", "xyzzyplughabcdefghij" };
+                                         "getUserById", "xyzzyplughabcdefghij", "{", "`", "[", "@",
+                                         "abcdefghijklmnopqrstuvwxyz" };
     const size_t natoms = sizeof atoms / sizeof atoms[0];
     char buf[512];
     int diffs = 0;

@@ -331,8 +331,10 @@ static void test_fast_path(void)
         "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
         "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----", storage,
         "==", "=", ":", "_", "-", ".", ",", "@", "&", "?", "+", "(", "/", "7", "42",
+        "zyzzyva[q]", "qz{y}z", "b`c", "z@z", "\xc3\xa9t\xc3\xa9", "w\xffz", "09:", "Z/z",
     };
-    const char *seps[] = { " ", " ", " ", "", "\n", ", ", ":", "=", "_", "-" };
+    /* bytes just outside [0-9A-Za-z] end words too: / : @ [ ` { and bytes above 0x7F */
+    const char *seps[] = { " ", " ", " ", "", "\n", ", ", ":", "=", "_", "-", "/", "@", "[", "`", "{", "\x80", "\xfa" };
     const size_t natoms = sizeof atoms / sizeof atoms[0], nseps = sizeof seps / sizeof seps[0];
     static char text[4096];
     static hit_log a, b;

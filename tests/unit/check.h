@@ -21,6 +21,17 @@ static int check_count;
     fprintf(stderr, "%s:%d: %s == \"%s\", expected \"%s\"\n", __FILE__, __LINE__, #a, \
     sa_ ? sa_ : "(null)", sb_ ? sb_ : "(null)"); } } while (0)
 
+/* Deterministic pseudo-random numbers in [0, n) for randomised tests (xorshift64): every run draws
+ * the same inputs, so a failure reproduces. */
+static inline unsigned check_rnd(unsigned n)
+{
+    static unsigned long long state = 0x9E3779B97F4A7C15ull;
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return (unsigned)(state % n);
+}
+
 #define CHECK_DONE() (fprintf(stderr, "%d checks, %d failed\n", check_count, check_failures), \
     (check_failures == 0 && check_count > 0) ? 0 : 1)
 

@@ -233,15 +233,6 @@ static void test_corpus(void)
 /* The fast path for plain ASCII words against the general rules: every string over a small alphabet
  * that covers each branch (letters of both cases, the word's end at every class, UTF-8 letters and
  * marks, invalid bytes), then random texts from it, then each corpus string's bytes. */
-static unsigned long long rng_state = 88172645463325252ull;
-static unsigned rnd(unsigned n)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (unsigned)(rng_state % n);
-}
-
 static void test_fast_path(void)
 {
     static const char *const atoms[] = { "a", "z", "A", "Z", "q", "Q", " ", "  ", "\n", "\t", "7", ".", ",",
@@ -264,11 +255,11 @@ static void test_fast_path(void)
     for (int iter = 0; iter < 20000; iter++) {
         size_t n = 0;
         while (n < 400) {
-            const char *a = atoms[rnd((unsigned)natoms)];
+            const char *a = atoms[check_rnd((unsigned)natoms)];
             size_t al = strlen(a);
             memcpy(buf + n, a, al);
             n += al;
-            if (rnd(40) == 0)
+            if (check_rnd(40) == 0)
                 break;
         }
         if (ag_tokens_text(buf, n) != ag_tokens_text_general(buf, n))

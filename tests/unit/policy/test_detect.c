@@ -305,15 +305,6 @@ static int log_hit(void *arg, const ag_detect_hit *hit)
     return 0;
 }
 
-static unsigned long long rng_state = 0x9E3779B97F4A7C15ull;
-static unsigned rnd(unsigned n)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (unsigned)(rng_state % n);
-}
-
 static void test_fast_path(void)
 {
     static char storage[100];
@@ -342,12 +333,12 @@ static void test_fast_path(void)
     for (int iter = 0; iter < 20000; iter++) {
         size_t n = 0;
         while (n < 1500) {
-            const char *w = atoms[rnd((unsigned)natoms)], *sep = seps[rnd((unsigned)nseps)];
+            const char *w = atoms[check_rnd((unsigned)natoms)], *sep = seps[check_rnd((unsigned)nseps)];
             size_t wl = strlen(w), sl = strlen(sep);
             memcpy(text + n, w, wl);
             memcpy(text + n + wl, sep, sl);
             n += wl + sl;
-            if (rnd(30) == 0)
+            if (check_rnd(30) == 0)
                 break;
         }
         a.n = b.n = 0;

@@ -39,15 +39,6 @@ static size_t reference(const unsigned char *s, size_t len)
     return len;
 }
 
-static uint64_t rng = 0x9E3779B97F4A7C15ull;
-static unsigned rnd(unsigned n)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (unsigned)(rng % n);
-}
-
 int main(void)
 {
     const unsigned char *t = (const unsigned char *)"plain ascii text of some length, more than eight bytes";
@@ -68,14 +59,14 @@ int main(void)
     for (int iter = 0; iter < 200000; iter++) {
         size_t len = 0;
         while (len + 10 < sizeof buf) { /* the longest piece is 10 bytes */
-            unsigned k = rnd(100) < 85 ? rnd(3) : rnd(sizeof pieces / sizeof *pieces);
+            unsigned k = check_rnd(100) < 85 ? check_rnd(3) : check_rnd(sizeof pieces / sizeof *pieces);
             size_t pl = k == 14 ? 1 : strlen(pieces[k]);
-            if (rnd(40) == 0)
+            if (check_rnd(40) == 0)
                 break;
             memcpy(buf + len, pieces[k], pl);
             len += pl;
         }
-        size_t off = rnd(8);
+        size_t off = check_rnd(8);
         if (off > len)
             off = 0;
         if (ag_utf8_valid_prefix(buf + off, len - off) != reference(buf + off, len - off))
@@ -90,11 +81,11 @@ int main(void)
                                             0x9F, 0xA2, 0xDC, 0xFF, 0x01, '\n'};
     diffs = 0;
     for (int iter = 0; iter < 200000; iter++) {
-        size_t len = rnd(80);
+        size_t len = check_rnd(80);
         unsigned every = iter % 2 ? 10 : 70;
         for (size_t k = 0; k < len + 8; k++)
-            buf[k] = rnd(every) == 0 ? special[rnd(sizeof special)] : (unsigned char)('a' + rnd(26));
-        size_t off = rnd(8);
+            buf[k] = check_rnd(every) == 0 ? special[check_rnd(sizeof special)] : (unsigned char)('a' + check_rnd(26));
+        size_t off = check_rnd(8);
         size_t want = 0;
         while (want < len && buf[off + want] >= 0x20 && buf[off + want] != '"' && buf[off + want] != '\\')
             want++;

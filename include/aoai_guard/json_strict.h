@@ -8,6 +8,7 @@
 #ifndef AOAI_GUARD_JSON_STRICT_H
 #define AOAI_GUARD_JSON_STRICT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <cjson/cJSON.h>
 
@@ -35,6 +36,22 @@ typedef struct ag_json_limits {
  * with cJSON_Delete) or NULL with *status set and *err_offset at the offending byte (best effort). */
 cJSON *ag_json_parse_strict(const char *buf, size_t len, const ag_json_limits *limits,
                             ag_json_status *status, size_t *err_offset);
+
+/* A top-level key to find with ag_json_object_check. */
+typedef struct ag_json_field {
+    const char *key;          /* in: the key, unescaped */
+    const char *value;        /* out: the value's bytes in the document (a string with its quotes,
+                               * never one holding an escape); NULL when the key is absent */
+    size_t value_len;
+} ag_json_field;
+
+/* Proves without building a tree that ag_json_parse_strict(buf, len, limits) returns an object, and
+ * finds the values of the given top-level keys. False does not mean "bad": it also covers what the
+ * check leaves to the full parse (\u escapes, escaped keys, a field's escaped string value,
+ * exponents, long numbers, objects of over 32 keys, nesting over 32). The caller then parses and
+ * reports what ag_json_parse_strict reports. */
+bool ag_json_object_check(const char *buf, size_t len, const ag_json_limits *limits, ag_json_field *fields,
+                          size_t nfields);
 
 /* A short human-readable reason for a status ("duplicate key", ...). */
 const char *ag_json_status_str(ag_json_status status);

@@ -24,6 +24,7 @@
 #include "aoai_guard/config.h"
 #include "aoai_guard/identity.h"
 #include "aoai_guard/json_arena.h"
+#include "aoai_guard/json_strict.h"
 #include "aoai_guard/policy.h"
 #include "aoai_guard/policy_stream.h"
 #include "aoai_guard/ratelimit_config.h"
@@ -101,7 +102,8 @@ typedef struct ag_request {
     /* body: read whole (bounded by limits.max_body_bytes) */
     char *body;
     size_t body_len, body_cap;
-    cJSON *json;                    /* the strictly-parsed body, when the route takes JSON */
+    bool json_ok;                   /* the body is a strict JSON object (json built or not) */
+    cJSON *json;                    /* its tree, built when a stage needs it (ag_request_json) */
     ag_json_heap_mark json_mark;    /* taken right after the parse (json_arena.h) */
     ag_json_arena json_arena;       /* nodes of json and of a held response (json_arena.h) */
     char *forward_body;             /* a rewritten body printed by cJSON (cJSON_free), else NULL */
@@ -139,6 +141,9 @@ typedef struct ag_request {
     char upstream[64];              /* name of the upstream that answered */
     int attempts;                   /* upstream attempts made */
     ag_usage usage;
+    char model[128];                /* the body's "model" string (cut to fit), "" when none */
+    size_t model_len;               /* its whole length */
+    bool has_model;                 /* "model" is a string */
     bool stream;                    /* SSE response */
     bool want_text;                 /* assemble the completion text (the audit trail records it) */
     bool strip_usage;               /* we asked Azure for include_usage: drop that chunk for the caller */
@@ -199,6 +204,18 @@ void ag_request_error(ag_request *req, int status, const char *code, const char 
  * the access log. */
 void ag_request_error_body(ag_request *req, int status, const char *code, const char *json, size_t len,
                            const char *extra_headers, bool close);
+
+/* The parse_body stage's limits for request bodies. */
+extern const ag_json_limits ag_request_json_limits;
+
+/* Parses the body into req->json under ag_request_json_limits (its nodes in req->json_arena).
+ * Returns the tree, or NULL with *status and *err_offset set. */
+cJSON *ag_request_parse_json(ag_request *req, ag_json_status *status, size_t *err_offset);
+
+/* The body's tree for a stage that reads it: NULL when the route takes no JSON body (the stage
+ * skips), else the tree, built now if the parse_body stage only checked the body. Sets *failed and
+ * answers 503 when the tree cannot be built (memory), so that no stage goes on without it. */
+cJSON *ag_request_json(ag_request *req, bool *failed);
 
 /* Runs stages from req->stage until one answers or waits. */
 void ag_pipeline_run(ag_request *req);

@@ -93,9 +93,8 @@ void ag_audit_stage_record(ag_request *r)
     ag_audit_copy_field(rec->client_address, sizeof rec->client_address, r->client_addr);
     ag_audit_copy_field(rec->deployment, sizeof rec->deployment, r->route.deployment);
     ag_audit_copy_field(rec->operation, sizeof rec->operation, r->route.operation);
-    const cJSON *model = r->json ? cJSON_GetObjectItemCaseSensitive(r->json, "model") : NULL;
-    if (cJSON_IsString(model))
-        ag_audit_copy_field(rec->model, sizeof rec->model, model->valuestring);
+    if (r->has_model)
+        ag_audit_copy_field(rec->model, sizeof rec->model, r->model);
     ag_audit_copy_field(rec->api_version, sizeof rec->api_version, r->api_version);
     rec->stream = r->stream;
     rec->status = r->status;

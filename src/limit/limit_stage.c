@@ -114,11 +114,15 @@ ag_stage_result ag_limit_stage_admit(ag_request *r)
     ag_worker *w = r->worker;
     if (!w->limiter || !r->cfg->has_rate_limits)
         return AG_STAGE_NEXT;
+    bool failed;
+    cJSON *body = ag_request_json(r, &failed); /* NULL for routes without a JSON body */
+    if (failed)
+        return AG_STAGE_DONE;
     ag_limit_request lr = {
         .id = &r->identity,
         .deployment = r->route.deployment,
         .operation = r->route.operation,
-        .body = r->json,
+        .body = body,
     };
     ag_limit_result res;
     ag_limit_status st = ag_limiter_admit(w->limiter, r->cfg->rate_limits.policies, &lr, &res,

@@ -321,12 +321,16 @@ static int start_call(ag_request *r, cs_call *c, const char *op, const char *bod
 ag_stage_result ag_content_safety_stage(ag_request *r)
 {
     const ag_content_safety_config *cfg = &r->cfg->content_safety;
-    if (!cfg->enabled || !r->json || !r->worker->curl)
+    if (!cfg->enabled || !r->worker->curl)
         return AG_STAGE_NEXT;
+    bool no_tree;
+    cJSON *body = ag_request_json(r, &no_tree);
+    if (!body)
+        return no_tree ? AG_STAGE_DONE : AG_STAGE_NEXT;
     cs_text prompt = {0}, docs[CS_MAX_DOCS];
     memset(docs, 0, sizeof docs);
     int ndocs = 0;
-    collect(r->json, &prompt, docs, &ndocs);
+    collect(body, &prompt, docs, &ndocs);
     ag_stage_result res = AG_STAGE_NEXT;
     if (!prompt.len && !ndocs)
         goto out;

@@ -34,8 +34,10 @@ static void count_decisions(ag_request *r)
 ag_stage_result ag_policy_stage_inspect(ag_request *r)
 {
     const ag_policy *pol = r->cfg->policy;
-    if (!pol || !r->json)
-        return AG_STAGE_NEXT;
+    bool failed;
+    cJSON *tree = pol ? ag_request_json(r, &failed) : NULL;
+    if (!tree)
+        return pol && failed ? AG_STAGE_DONE : AG_STAGE_NEXT;
     ag_policy_call call = {
         .identity = &r->identity,
         .deployment = r->route.deployment[0] ? r->route.deployment : NULL,
@@ -43,7 +45,7 @@ ag_stage_result ag_policy_stage_inspect(ag_request *r)
     };
     ag_policy_result res;
     ag_policy_result_init(&res);
-    ag_policy_inspect_request(pol, r->worker->policy_scratch, &call, r->json, &res);
+    ag_policy_inspect_request(pol, r->worker->policy_scratch, &call, tree, &res);
     r->policy_decisions = res.decisions;
     r->policy_verdict = ag_policy_verdict_name(res.verdict);
     count_decisions(r);

@@ -438,7 +438,7 @@ static int on_resp_headers_complete(llhttp_t *p)
     const ag_policy *pol = r->cfg->policy;
     const char *op = r->route.operation;
     r->want_text = r->worker->rt->svc.audit != NULL; /* only the audit trail keeps the completion */
-    r->resp_policy = pol && r->json && status >= 200 && status < 300 && ag_policy_has_response_rules(pol) &&
+    r->resp_policy = pol && r->json_ok && status >= 200 && status < 300 && ag_policy_has_response_rules(pol) &&
                      (strcmp(op, "chat/completions") == 0 || strcmp(op, "completions") == 0 ||
                       strcmp(op, "responses") == 0);
     if (ex->is_sse) {
@@ -944,11 +944,15 @@ static void ex_attempt(ag_exchange *ex)
 
 ag_stage_result ag_forward_prepare_stage(ag_request *r)
 {
-    if (!r->json || !r->stream)
+    if (!r->json_ok || !r->stream)
         return AG_STAGE_NEXT;
     if (strcmp(r->route.operation, "chat/completions") != 0 && strcmp(r->route.operation, "completions") != 0)
         return AG_STAGE_NEXT;
-    cJSON *doc = r->forward_body ? cJSON_ParseWithLength(r->forward_body, r->forward_body_len) : r->json;
+    bool failed;
+    cJSON *body = ag_request_json(r, &failed);
+    if (failed)
+        return AG_STAGE_DONE;
+    cJSON *doc = r->forward_body ? cJSON_ParseWithLength(r->forward_body, r->forward_body_len) : body;
     if (!doc)
         return AG_STAGE_NEXT;
     cJSON *so = cJSON_GetObjectItemCaseSensitive(doc, "stream_options");
@@ -967,7 +971,7 @@ ag_stage_result ag_forward_prepare_stage(ag_request *r)
             }
         }
     }
-    if (doc != r->json)
+    if (doc != body)
         cJSON_Delete(doc);
     return AG_STAGE_NEXT;
 }

@@ -195,13 +195,12 @@ int ag_route_take_model(ag_request *r)
 {
     if (r->route.kind != AG_API_V1 && r->route.kind != AG_API_RESPONSES)
         return 0;
-    const cJSON *m = cJSON_GetObjectItemCaseSensitive(r->json, "model");
-    if (!cJSON_IsString(m) || !ag_route_deployment_ok(m->valuestring, strlen(m->valuestring))) {
+    if (!r->has_model || r->model_len >= sizeof r->model || !ag_route_deployment_ok(r->model, r->model_len)) {
         ag_request_error(r, 400, "BadRequest",
                          "The \"model\" field must name a deployment (1-64 of A-Z a-z 0-9 . _ -).",
                          NULL, false);
         return -1;
     }
-    set_name(r->route.deployment, sizeof r->route.deployment, m->valuestring);
+    set_name(r->route.deployment, sizeof r->route.deployment, r->model);
     return 0;
 }

@@ -47,7 +47,18 @@ static bool content_type_is_json(const ag_request *r)
     return true;
 }
 
-/* Parses the JSON body once, strictly; later stages share the tree. */
+/* Keeps the body's "model" (bytes of the decoded string) for routing and the audit record. */
+static void take_model(ag_request *r, const char *m, size_t n)
+{
+    r->model_len = n;
+    if (n >= sizeof r->model)
+        n = sizeof r->model - 1;
+    memcpy(r->model, m, n);
+    r->model[n] = '\0';
+    r->has_model = true;
+}
+
+/* Accepts only a strict JSON object as the body (json_strict.h), once; later stages share it. */
 static ag_stage_result stage_parse_body(ag_request *r)
 {
     if (!r->route.json_body)
@@ -66,29 +77,42 @@ static ag_stage_result stage_parse_body(ag_request *r)
                          "Content-Type must be application/json (UTF-8).", NULL, false);
         return AG_STAGE_DONE;
     }
-    static const ag_json_limits limits = {.max_depth = 64, .max_nodes = 500000};
-    ag_json_status st;
-    size_t off;
-    ag_json_arena_enter(&r->json_arena);
-    r->json = ag_json_parse_strict(r->body, r->body_len, &limits, &st, &off);
-    ag_json_arena_leave();
-    r->json_mark = ag_json_heap_mark_now();
-    if (!r->json) {
-        char msg[160];
-        snprintf(msg, sizeof msg, "The request body is not acceptable JSON: %s at byte %zu.",
-                 ag_json_status_str(st), off);
-        ag_log(AG_LOG_INFO, r->id, "client %s: %s", r->client_addr, msg);
-        ag_request_error(r, 400, "BadRequest", msg, NULL, false);
-        return AG_STAGE_DONE;
-    }
-    if (!cJSON_IsObject(r->json)) {
-        ag_request_error(r, 400, "BadRequest", "The request body must be a JSON object.", NULL, false);
-        return AG_STAGE_DONE;
+    /* Stages that read the tree (policy, rate limits' token estimate, content safety) get it now;
+     * otherwise a check without a tree proves the body strict and finds "model" and "stream", and a
+     * later stage that wants the tree builds it (ag_request_json). A body the check cannot prove
+     * goes to the full parse, which accepts or refuses it with its exact reason. */
+    const ag_config *cfg = r->cfg;
+    ag_json_field fields[2] = {{.key = "model"}, {.key = "stream"}};
+    bool tree_now = cfg->policy || cfg->has_rate_limits || cfg->content_safety.enabled;
+    if (!tree_now && ag_json_object_check(r->body, r->body_len, &ag_request_json_limits, fields, 2)) {
+        r->json_ok = true;
+        const char *m = fields[0].value;
+        if (m && m[0] == '"') /* a string holding no escape: its bytes are its value */
+            take_model(r, m + 1, fields[0].value_len - 2);
+        r->stream = fields[1].value && fields[1].value_len == 4 && memcmp(fields[1].value, "true", 4) == 0;
+    } else {
+        ag_json_status st;
+        size_t off;
+        if (!ag_request_parse_json(r, &st, &off)) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "The request body is not acceptable JSON: %s at byte %zu.",
+                     ag_json_status_str(st), off);
+            ag_log(AG_LOG_INFO, r->id, "client %s: %s", r->client_addr, msg);
+            ag_request_error(r, 400, "BadRequest", msg, NULL, false);
+            return AG_STAGE_DONE;
+        }
+        if (!cJSON_IsObject(r->json)) {
+            ag_request_error(r, 400, "BadRequest", "The request body must be a JSON object.", NULL, false);
+            return AG_STAGE_DONE;
+        }
+        r->json_ok = true;
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(r->json, "model");
+        if (cJSON_IsString(m))
+            take_model(r, m->valuestring, strlen(m->valuestring));
+        r->stream = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r->json, "stream"));
     }
     if (ag_route_take_model(r) != 0)
         return AG_STAGE_DONE;
-    const cJSON *stream = cJSON_GetObjectItemCaseSensitive(r->json, "stream");
-    r->stream = cJSON_IsTrue(stream);
     return AG_STAGE_NEXT;
 }
 

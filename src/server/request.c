@@ -51,6 +51,34 @@ static void clear_for_reuse(ag_request *r)
     memset(base + END_OF(policy_decisions), 0, sizeof *r - END_OF(policy_decisions));
 }
 
+const ag_json_limits ag_request_json_limits = {.max_depth = 64, .max_nodes = 500000};
+
+cJSON *ag_request_parse_json(ag_request *r, ag_json_status *status, size_t *err_offset)
+{
+    ag_json_arena_enter(&r->json_arena);
+    r->json = ag_json_parse_strict(r->body, r->body_len, &ag_request_json_limits, status, err_offset);
+    ag_json_arena_leave();
+    r->json_mark = ag_json_heap_mark_now();
+    return r->json;
+}
+
+cJSON *ag_request_json(ag_request *r, bool *failed)
+{
+    *failed = false;
+    if (r->json || !r->json_ok)
+        return r->json;
+    ag_json_status st;
+    size_t off;
+    if (ag_request_parse_json(r, &st, &off))
+        return r->json;
+    /* The body was checked: only memory can fail here. */
+    ag_log(AG_LOG_ERROR, r->id, "request body: cannot build its tree (%s at byte %zu)", ag_json_status_str(st), off);
+    ag_request_error(r, 503, "ServiceUnavailable", "The gateway is short of memory; retry later.", "Retry-After: 1\r\n",
+                     false);
+    *failed = true;
+    return NULL;
+}
+
 ag_request *ag_request_new(struct ag_conn *c)
 {
     ag_worker *w = c->worker;

@@ -433,3 +433,190 @@ const char *ag_json_skip_value(const char *p, const char *end)
 {
     return skip_value(p, end, 0);
 }
+
+/* ---- the tree-less check (ag_json_object_check) ---- */
+
+#define CHECK_MAX_KEYS 32  /* keys of one object compared pairwise; more: the full parse */
+#define CHECK_MAX_DEPTH 32 /* nesting the check follows; deeper: the full parse */
+
+typedef struct check_ctx {
+    const char *end;
+    size_t values, max_values;
+    int max_depth;
+    ag_json_field *fields;
+    size_t nfields;
+} check_ctx;
+
+/* The string at p (its opening quote): returns the byte after the closing quote, or NULL for a
+ * control byte, a \u escape or an unknown escape. *escaped: it holds a backslash. */
+static const char *check_string(const char *p, const char *end, bool *escaped)
+{
+    *escaped = false;
+    for (p++; p < end; p++) {
+        p += ag_json_plain_prefix(p, (size_t)(end - p));
+        if (p >= end)
+            return NULL;
+        unsigned char b = (unsigned char)*p;
+        if (b == '"')
+            return p + 1;
+        if (b < 0x20 || ++p >= end)
+            return NULL;
+        switch (*p) { /* the escapes both parsers decode alike; \u (surrogates, NUL) is not one */
+        case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+            *escaped = true;
+            break;
+        default:
+            return NULL;
+        }
+    }
+    return NULL;
+}
+
+/* A number of RFC 8259 with no exponent (which can overflow to infinity) and short enough to be
+ * exact: an integer of at most 15 digits (below 2^53), a decimal of at most 32 bytes (within
+ * cJSON's 63-byte copy). Returns its end, or NULL. */
+static const char *check_number(const char *p, const char *end)
+{
+    const char *s = p;
+    if (*p == '-')
+        p++;
+    if (p >= end || *p < '0' || *p > '9')
+        return NULL;
+    if (*p == '0')
+        p++;
+    else
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    bool integer = true;
+    if (p < end && *p == '.') {
+        integer = false;
+        if (++p >= end || *p < '0' || *p > '9')
+            return NULL;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (p < end && (*p == 'e' || *p == 'E'))
+        return NULL;
+    if ((size_t)(p - s) - (integer && *s == '-') > (integer ? 15u : 32u))
+        return NULL;
+    return p;
+}
+
+static const char *check_value(check_ctx *x, const char *p, int depth);
+
+/* The object at p ('{') at nesting depth; every key unescaped and distinct (byte for byte is then
+ * what cJSON's decoded comparison sees). At depth 1 it notes the values of x->fields. */
+static const char *check_object(check_ctx *x, const char *p, int depth)
+{
+    const char *end = x->end;
+    if (depth > x->max_depth)
+        return NULL;
+    const char *key[CHECK_MAX_KEYS];
+    size_t key_len[CHECK_MAX_KEYS], nkeys = 0;
+    p = ag_json_skip_ws(p + 1, end);
+    if (p < end && *p == '}')
+        return p + 1;
+    for (;;) {
+        if (p >= end || *p != '"' || nkeys == CHECK_MAX_KEYS)
+            return NULL;
+        bool escaped;
+        const char *key_end = check_string(p, end, &escaped);
+        if (!key_end || escaped)
+            return NULL;
+        const char *k = p + 1;
+        size_t kl = (size_t)(key_end - 1 - k);
+        for (size_t i = 0; i < nkeys; i++)
+            if (key_len[i] == kl && memcmp(key[i], k, kl) == 0)
+                return NULL; /* a duplicate: the full parse reports it */
+        key[nkeys] = k;
+        key_len[nkeys++] = kl;
+        p = ag_json_skip_ws(key_end, end);
+        if (p >= end || *p != ':')
+            return NULL;
+        const char *v = ag_json_skip_ws(p + 1, end);
+        p = check_value(x, v, depth);
+        if (!p)
+            return NULL;
+        if (depth == 1) {
+            for (size_t f = 0; f < x->nfields; f++) {
+                if (strlen(x->fields[f].key) != kl || memcmp(x->fields[f].key, k, kl) != 0)
+                    continue;
+                if (*v == '"' && memchr(v, '\\', (size_t)(p - v)))
+                    return NULL; /* an escaped string value: the caller reads it decoded */
+                x->fields[f].value = v;
+                x->fields[f].value_len = (size_t)(p - v);
+            }
+        }
+        p = ag_json_skip_ws(p, end);
+        if (p < end && *p == ',') {
+            p = ag_json_skip_ws(p + 1, end);
+            continue;
+        }
+        return p < end && *p == '}' ? p + 1 : NULL;
+    }
+}
+
+static const char *check_value(check_ctx *x, const char *p, int depth)
+{
+    const char *end = x->end;
+    if (p >= end || ++x->values > x->max_values)
+        return NULL;
+    switch (*p) {
+    case '"': {
+        bool escaped;
+        return check_string(p, end, &escaped);
+    }
+    case '{':
+        return check_object(x, p, depth + 1);
+    case '[': {
+        if (depth + 1 > x->max_depth)
+            return NULL;
+        p = ag_json_skip_ws(p + 1, end);
+        if (p < end && *p == ']')
+            return p + 1;
+        for (;;) {
+            p = check_value(x, p, depth + 1);
+            if (!p)
+                return NULL;
+            p = ag_json_skip_ws(p, end);
+            if (p < end && *p == ',') {
+                p = ag_json_skip_ws(p + 1, end);
+                continue;
+            }
+            return p < end && *p == ']' ? p + 1 : NULL;
+        }
+    }
+    case 't':
+        return end - p >= 4 && memcmp(p, "true", 4) == 0 ? p + 4 : NULL;
+    case 'f':
+        return end - p >= 5 && memcmp(p, "false", 5) == 0 ? p + 5 : NULL;
+    case 'n':
+        return end - p >= 4 && memcmp(p, "null", 4) == 0 ? p + 4 : NULL;
+    default:
+        return *p == '-' || (*p >= '0' && *p <= '9') ? check_number(p, end) : NULL;
+    }
+}
+
+bool ag_json_object_check(const char *buf, size_t len, const ag_json_limits *limits, ag_json_field *fields,
+                          size_t nfields)
+{
+    for (size_t f = 0; f < nfields; f++) {
+        fields[f].value = NULL;
+        fields[f].value_len = 0;
+    }
+    if (ag_utf8_valid_prefix((const unsigned char *)buf, len) != len)
+        return false;
+    const char *end = buf + len, *p = ag_json_skip_ws(buf, end);
+    if (p >= end || *p != '{')
+        return false;
+    /* Half the node limit: the strict parse's pre-scan counts keys and commas too. */
+    check_ctx x = {.end = end, .max_values = limits->max_nodes / 2,
+                   .max_depth = limits->max_depth < CHECK_MAX_DEPTH ? limits->max_depth : CHECK_MAX_DEPTH,
+                   .fields = fields, .nfields = nfields};
+    p = check_value(&x, p, 0);
+    if (p && ag_json_skip_ws(p, end) == end)
+        return true;
+    for (size_t f = 0; f < nfields; f++)
+        fields[f].value = NULL;
+    return false;
+}

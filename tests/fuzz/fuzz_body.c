@@ -8,6 +8,8 @@
  * constraints with clamp and insert_max_tokens), bit 3 the caller (anonymous, or an app identity
  * holding the AI.Intern role), bit 4 request side or response side. The rest is the body.
  * Oracles besides the sanitizers:
+ *   - what ag_json_object_check proves of a body (a strict object, its "stream" and "model": the
+ *     parse_body stage's tree-less path) the strict parse confirms;
  *   - a re-serialised (redacted or clamped) body is strict JSON again: valid UTF-8, no duplicate
  *     key, no \u0000, an object — what Azure receives must be what we inspected;
  *   - a held response parsed as the gateway does (resp_doc.c) holds exactly the whole parse's
@@ -15,6 +17,7 @@
  *     redacted and printed, is strict JSON again;
  *   - BLOCK / REJECT come with an error body that is strict JSON with an "error" object;
  *   - the verdict and decisions never exceed their bounds. */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -115,6 +118,36 @@ static void must_be_strict_object(const char *buf, size_t len)
     cJSON_Delete(j);
 }
 
+/* What ag_json_object_check proved must hold of the strict parse: an object, whose top-level
+ * fields are the values the check found (a string byte for byte, a literal or number by its text). */
+static void must_match_check(const cJSON *tree, const ag_json_field *fields, size_t n)
+{
+    if (!tree || !cJSON_IsObject(tree))
+        __builtin_trap();
+    for (size_t f = 0; f < n; f++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(tree, fields[f].key);
+        if (!v != !fields[f].value)
+            __builtin_trap();
+        if (!v)
+            continue;
+        const char *t = fields[f].value;
+        size_t tl = fields[f].value_len;
+        if (cJSON_IsString(v)) {
+            if (t[0] != '"' || tl < 2 || strlen(v->valuestring) != tl - 2 || memcmp(v->valuestring, t + 1, tl - 2) != 0)
+                __builtin_trap();
+        } else if (cJSON_IsTrue(v) || cJSON_IsFalse(v) || cJSON_IsNull(v)) {
+            const char *lit = cJSON_IsTrue(v) ? "true" : cJSON_IsFalse(v) ? "false" : "null";
+            if (tl != strlen(lit) || memcmp(t, lit, tl) != 0)
+                __builtin_trap();
+        } else if (cJSON_IsNumber(v)) {
+            if (!(t[0] == '-' || (t[0] >= '0' && t[0] <= '9')))
+                __builtin_trap();
+        } else if (!((cJSON_IsObject(v) && t[0] == '{') || (cJSON_IsArray(v) && t[0] == '['))) {
+            __builtin_trap();
+        }
+    }
+}
+
 /* "choices" as resp_doc.c steps into it: an array whose elements are all objects. */
 static bool stepped_choices(const cJSON *f)
 {
@@ -169,9 +202,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ag_resp_doc_free(&any);
     }
 
+    ag_json_field fields[2] = {{.key = "stream"}, {.key = "model"}};
+    bool checked = ag_json_object_check(body, len, &BODY_LIMITS, fields, 2);
     ag_json_status st;
     size_t off;
     cJSON *tree = ag_json_parse_strict(body, len, &BODY_LIMITS, &st, &off);
+    if (checked)
+        must_match_check(tree, fields, 2);
     if (!tree) {
         if (off > len)
             __builtin_trap(); /* the error offset points into the body */

@@ -72,7 +72,7 @@ static void test_reject(void)
     CHECK(ag_test_wait(accepting, a, 10000));
     ag_test_want want = {&fake, n};
     CHECK(ag_test_wait(ag_test_fake_has, &want, 10000));
-    int total;
+    int total = -1;
     CHECK_INT(ag_test_fake_unique(&fake, &total), n);
     CHECK_INT(total, n);
     CHECK_INT(atomic_load(&c->dropped), 0);

@@ -144,6 +144,8 @@ typedef struct ag_request {
     char model[128];                /* the body's "model" string (cut to fit), "" when none */
     size_t model_len;               /* its whole length */
     bool has_model;                 /* "model" is a string */
+    bool usage_asked;               /* the body holds "stream_options": {"include_usage": true} */
+    bool no_stream_options;         /* the checked body has no "stream_options" at all */
     bool stream;                    /* SSE response */
     bool want_text;                 /* assemble the completion text (the audit trail records it) */
     bool strip_usage;               /* we asked Azure for include_usage: drop that chunk for the caller */

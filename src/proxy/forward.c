@@ -942,12 +942,54 @@ static void ex_attempt(ag_exchange *ex)
     }
 }
 
+/* A checked body without "stream_options": the member is added before the closing brace, the
+ * caller's bytes kept as they are. Returns 0, or -1 after answering 503 (memory). */
+static int add_stream_options(ag_request *r)
+{
+    static const char member[] = "\"stream_options\":{\"include_usage\":true}";
+    size_t end = r->body_len;
+    while (end > 0 && (r->body[end - 1] == ' ' || r->body[end - 1] == '\t' || r->body[end - 1] == '\n' ||
+                       r->body[end - 1] == '\r'))
+        end--;
+    size_t inner = end - 1; /* the closing brace of the checked object */
+    size_t last = inner;
+    while (last > 0 && (r->body[last - 1] == ' ' || r->body[last - 1] == '\t' || r->body[last - 1] == '\n' ||
+                        r->body[last - 1] == '\r'))
+        last--;
+    bool empty = r->body[last - 1] == '{';
+    size_t n = inner + !empty + (sizeof member - 1) + 1;
+    char *out = cJSON_malloc(n + 1); /* freed with cJSON_free, as a printed body is */
+    if (!out) {
+        ag_request_error(r, 503, "ServiceUnavailable", "The gateway is short of memory; retry later.",
+                         "Retry-After: 1\r\n", false);
+        return -1;
+    }
+    memcpy(out, r->body, inner);
+    size_t o = inner;
+    if (!empty)
+        out[o++] = ',';
+    memcpy(out + o, member, sizeof member - 1);
+    o += sizeof member - 1;
+    out[o++] = '}';
+    out[o] = '\0';
+    r->forward_body = out;
+    r->forward_body_len = o;
+    r->strip_usage = true;
+    return 0;
+}
+
 ag_stage_result ag_forward_prepare_stage(ag_request *r)
 {
     if (!r->json_ok || !r->stream)
         return AG_STAGE_NEXT;
     if (strcmp(r->route.operation, "chat/completions") != 0 && strcmp(r->route.operation, "completions") != 0)
         return AG_STAGE_NEXT;
+    if (!r->json && !r->forward_body) { /* the body was checked, not parsed: no tree yet */
+        if (r->usage_asked)
+            return AG_STAGE_NEXT; /* the caller asked for usage itself */
+        if (r->no_stream_options)
+            return add_stream_options(r) == 0 ? AG_STAGE_NEXT : AG_STAGE_DONE;
+    }
     bool failed;
     cJSON *body = ag_request_json(r, &failed);
     if (failed)

@@ -58,6 +58,11 @@ static void take_model(ag_request *r, const char *m, size_t n)
     r->has_model = true;
 }
 
+static bool is_true(const ag_json_field *f)
+{
+    return f->value && f->value_len == 4 && memcmp(f->value, "true", 4) == 0;
+}
+
 /* Accepts only a strict JSON object as the body (json_strict.h), once; later stages share it. */
 static ag_stage_result stage_parse_body(ag_request *r)
 {
@@ -82,14 +87,20 @@ static ag_stage_result stage_parse_body(ag_request *r)
      * later stage that wants the tree builds it (ag_request_json). A body the check cannot prove
      * goes to the full parse, which accepts or refuses it with its exact reason. */
     const ag_config *cfg = r->cfg;
-    ag_json_field fields[2] = {{.key = "model"}, {.key = "stream"}};
+    ag_json_field fields[3] = {{.key = "model"}, {.key = "stream"}, {.key = "stream_options"}};
     bool tree_now = cfg->policy || cfg->has_rate_limits || cfg->content_safety.enabled;
-    if (!tree_now && ag_json_object_check(r->body, r->body_len, &ag_request_json_limits, fields, 2)) {
+    if (!tree_now && ag_json_object_check(r->body, r->body_len, &ag_request_json_limits, fields, 3)) {
         r->json_ok = true;
         const char *m = fields[0].value;
         if (m && m[0] == '"') /* a string holding no escape: its bytes are its value */
             take_model(r, m + 1, fields[0].value_len - 2);
-        r->stream = fields[1].value && fields[1].value_len == 4 && memcmp(fields[1].value, "true", 4) == 0;
+        r->stream = is_true(&fields[1]);
+        /* stream_options is a proven object when it is one: the same check finds include_usage */
+        r->no_stream_options = !fields[2].value;
+        ag_json_field usage = {.key = "include_usage"};
+        r->usage_asked = fields[2].value && fields[2].value[0] == '{' &&
+                         ag_json_object_check(fields[2].value, fields[2].value_len, &ag_request_json_limits, &usage, 1) &&
+                         is_true(&usage);
     } else {
         ag_json_status st;
         size_t off;

@@ -94,6 +94,35 @@ class JsonAndStreaming(GatewayTestCase):
         self.assertEqual(line["total_tokens"], usage["total_tokens"])
         self.assertEqual(line["completion"], "complete")
 
+    def test_stream_without_usage_asked_gets_it_added_and_stripped(self):
+        """A stream that does not ask for usage: the gateway adds stream_options.include_usage to
+        the body it forwards (the caller's bytes kept, the member appended: no tree is built on
+        the pure-proxy path), reads the usage chunk for its logs and metrics, and strips that
+        chunk, so the caller sees the stream it asked for."""
+        cases = [
+            (b'{"messages":[{"role":"user","content":"a b c"}],"stream":true}', "plain"),
+            (b'{ "messages" : [ {"role":"user","content":"a b c"} ] ,\n "stream" : true }\r\n', "spaced"),
+            (b'{"messages":[{"role":"user","content":"caf\\u00e9"}],"stream":true}', "escaped"),  # full parse
+        ]
+        for raw, label in cases:
+            with self.subTest(body=label):
+                n_before = len(self.up.requests())
+                st, h, proxied = request(self.gw.port, "POST", CHAT, raw)
+                self.assertEqual(st, 200, proxied)
+                sent = self.up.requests()[n_before]["body"].encode()
+                fwd = json.loads(sent)
+                self.assertEqual(fwd["stream_options"], {"include_usage": True})
+                self.assertEqual(fwd["messages"], json.loads(raw)["messages"])
+                if label != "escaped":  # checked, not parsed: the caller's bytes up to the last brace
+                    self.assertTrue(sent.startswith(raw.rstrip()[:-1]), sent)
+                events = sse_events(proxied)
+                self.assertEqual(events[-1], (None, "[DONE]"))
+                for _, data in events[:-1]:  # "usage": null may ride along; the usage chunk may not
+                    self.assertIsNone(json.loads(data).get("usage"), "the usage chunk is stripped")
+                line = wait_until(lambda: [l for l in self.gw.access_lines() if l.get("stream")
+                                           and l.get("total_tokens")], what="access line")[-1]
+                self.assertGreater(line["total_tokens"], 0)
+
     def test_stream_chunks_are_not_buffered(self):
         self.up.configure(chunks=5, chunk_interval_ms=300)
         s = socket.create_connection(("127.0.0.1", self.gw.port), timeout=10)

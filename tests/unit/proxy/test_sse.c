@@ -38,15 +38,6 @@ static int on_event(void *arg, const ag_sse_event *ev)
     return 0;
 }
 
-static uint64_t rng = 0x853c49e6748fea9bu;
-static unsigned rnd(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (unsigned)(rng >> 11);
-}
-
 #define MAX_EVENT 300
 
 /* A random stream of n lines. */
@@ -56,21 +47,21 @@ static size_t make_stream(char *out, size_t cap)
                                          "datax: ", "event:", ""};
     static const char *const ends[] = {"\n", "\r\n", "\r", "\n\n", "\r\n\r\n", "\r\r"};
     size_t o = 0;
-    if (rnd() % 8 == 0) {
+    if (check_rnd(8) == 0) {
         memcpy(out, "\xEF\xBB\xBF", 3);
-        o = rnd() % 4 == 0 ? 2 : 3; /* sometimes a broken BOM */
+        o = check_rnd(4) == 0 ? 2 : 3; /* sometimes a broken BOM */
     }
-    unsigned lines = rnd() % 30;
+    unsigned lines = check_rnd(30);
     for (unsigned l = 0; l < lines && o + 700 < cap; l++) {
-        const char *f = fields[rnd() % (sizeof fields / sizeof *fields)];
+        const char *f = fields[check_rnd(sizeof fields / sizeof *fields)];
         memcpy(out + o, f, strlen(f));
         o += strlen(f);
-        size_t vl = rnd() % 8 == 0 ? 250 + rnd() % 200 : rnd() % 40; /* some beyond the bound */
+        size_t vl = check_rnd(8) == 0 ? 250 + check_rnd(200) : check_rnd(40); /* some beyond the bound */
         for (size_t i = 0; i < vl; i++) {
-            unsigned k = rnd() % 40;
+            unsigned k = check_rnd(40);
             out[o++] = k == 0 ? ':' : k == 1 ? ' ' : (char)('a' + k % 26);
         }
-        const char *e = ends[rnd() % (sizeof ends / sizeof *ends)];
+        const char *e = ends[check_rnd(sizeof ends / sizeof *ends)];
         memcpy(out + o, e, strlen(e));
         o += strlen(e);
     }
@@ -82,7 +73,7 @@ static void run_new(const char *s, size_t n, bool raw, bool pieces, transcript *
     ag_sse_parser *p = raw ? ag_sse_parser_new_raw(MAX_EVENT, on_event, t) : ag_sse_parser_new(MAX_EVENT, on_event, t);
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0;) {
-        size_t k = pieces ? 1 + rnd() % 9 : n - i;
+        size_t k = pieces ? 1 + check_rnd(9) : n - i;
         if (k > n - i)
             k = n - i;
         rc = ag_sse_parser_feed(p, s + i, k);
@@ -114,7 +105,7 @@ int main(void)
     int mismatches = 0, events = 0, failures = 0;
     for (int iter = 0; iter < 20000; iter++) {
         size_t n = make_stream(s, sizeof s);
-        bool raw = rnd() % 2;
+        bool raw = check_rnd(2);
         transcript want = {0}, whole = {0}, cut = {0};
         run_ref(s, n, raw, &want);
         run_new(s, n, raw, false, &whole);

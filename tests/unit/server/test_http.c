@@ -86,15 +86,6 @@ static int ref_hop(const char *n, size_t len)
 
 /* ---- comparisons ---- */
 
-static uint64_t rng = 0x9e3779b97f4a7c15u;
-static unsigned rnd(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (unsigned)(rng >> 11);
-}
-
 static int mismatches;
 
 static void compare(const char *s, size_t n)
@@ -143,17 +134,17 @@ static void test_random(void)
     static const char alphabet[] = "aZ9/_-.#: \t\r\n\x7f\x80\xff\x01%?=HTTP/1.1 ";
     char buf[128];
     for (int iter = 0; iter < 200000; iter++) {
-        size_t n = rnd() % 101;
-        int mode = rnd() % 3;
+        size_t n = check_rnd(101);
+        int mode = check_rnd(3);
         for (size_t i = 0; i < n; i++)
-            buf[i] = mode == 0 ? (char)rnd() : alphabet[rnd() % (sizeof alphabet - 1)];
+            buf[i] = mode == 0 ? (char)check_rnd(256) : alphabet[check_rnd(sizeof alphabet - 1)];
         if (mode == 2 && n > 15) { /* mostly a valid line with a few bytes changed */
             memcpy(buf, "GET /", 5);
             for (size_t i = 5; i < n - 9; i++)
-                buf[i] = (char)('a' + rnd() % 26);
+                buf[i] = (char)('a' + check_rnd(26));
             memcpy(buf + n - 9, " HTTP/1.1", 9);
-            for (unsigned k = rnd() % 3; k > 0; k--)
-                buf[rnd() % n] = alphabet[rnd() % (sizeof alphabet - 1)];
+            for (unsigned k = check_rnd(3); k > 0; k--)
+                buf[check_rnd(n)] = alphabet[check_rnd(sizeof alphabet - 1)];
         }
         compare(buf, n);
     }

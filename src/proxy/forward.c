@@ -942,21 +942,21 @@ static void ex_attempt(ag_exchange *ex)
     }
 }
 
+/* The length of s[0..n) without its trailing JSON whitespace. */
+static size_t skip_ws_back(const char *s, size_t n)
+{
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' || s[n - 1] == '\r'))
+        n--;
+    return n;
+}
+
 /* A checked body without "stream_options": the member is added before the closing brace, the
  * caller's bytes kept as they are. Returns 0, or -1 after answering 503 (memory). */
 static int add_stream_options(ag_request *r)
 {
     static const char member[] = "\"stream_options\":{\"include_usage\":true}";
-    size_t end = r->body_len;
-    while (end > 0 && (r->body[end - 1] == ' ' || r->body[end - 1] == '\t' || r->body[end - 1] == '\n' ||
-                       r->body[end - 1] == '\r'))
-        end--;
-    size_t inner = end - 1; /* the closing brace of the checked object */
-    size_t last = inner;
-    while (last > 0 && (r->body[last - 1] == ' ' || r->body[last - 1] == '\t' || r->body[last - 1] == '\n' ||
-                        r->body[last - 1] == '\r'))
-        last--;
-    bool empty = r->body[last - 1] == '{';
+    size_t inner = skip_ws_back(r->body, r->body_len) - 1; /* the closing brace of the checked object */
+    bool empty = r->body[skip_ws_back(r->body, inner) - 1] == '{';
     size_t n = inner + !empty + (sizeof member - 1) + 1;
     char *out = cJSON_malloc(n + 1); /* freed with cJSON_free, as a printed body is */
     if (!out) {

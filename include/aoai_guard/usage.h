@@ -25,5 +25,9 @@ void ag_usage_from_held_response(ag_request *req, const cJSON *root, const char 
  * typed events). Returns 1 when the event is the usage-only chunk that include_usage adds
  * ("choices":[] with a usage object), else 0. */
 int ag_usage_from_sse_event(ag_request *req, const ag_sse_event *ev);
+/* The same through a cJSON tree of the whole event, whatever its text says (no prefilter): the
+ * path ag_usage_from_sse_event leaves an event to when its in-place reader does not follow it,
+ * and the tests' reference for that reader. */
+int ag_usage_from_sse_event_tree(ag_request *req, const ag_sse_event *ev);
 
 #endif

@@ -15,8 +15,8 @@
  *   audit_build      what a worker does per request: record, fields, prompt copy, 200 streamed deltas
  *   audit_serialise  what the audit thread does per record: ag_audit_record_rows (JSON row)
  *   sse_framing      ag_sse_parser over a 200-chunk chat completion stream fed in 4 KiB reads
- *   sse_usage        the same plus the gateway's usage/text pass over every event (audit on: cJSON
- *                    of each event in the worker's event arena)
+ *   sse_usage        the same plus the gateway's usage/text pass over every event (audit on: each
+ *                    chat chunk read in place, usage.c; cJSON only for the strings with escapes)
  *   policy_4k        ag_policy_inspect_request with conf/policy-enterprise.json on a 4 KiB prompt
  *                    (only when include/aoai_guard/policy.h existed at configure time)
  *

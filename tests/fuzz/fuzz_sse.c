@@ -2,13 +2,16 @@
  * usage and completion-text extraction from each event (src/proxy/usage.c), and the response-side
  * policy rewriter for streamed chat chunks and Responses events (ag_policy_sse_*, policy_stream.c).
  *
- * Input: byte 0 seeds how the stream is cut into reads and bit 7 of it turns the policy rewriter
- * on; the rest is the byte stream as the upstream sends it (after HTTP de-chunking).
+ * Input: byte 0 seeds how the stream is cut into reads, its bit 0 turns the audit's text capture
+ * on and its bit 7 the policy rewriter; the rest is the byte stream as the upstream sends it
+ * (after HTTP de-chunking).
  * Oracles besides the sanitizers:
  *   - cutting the stream differently never changes the events (sse.h: "events may be split at any
  *     byte"): the transcript fed whole must equal the transcript fed in pieces, including whether
  *     the parser gave up on an over-long event;
  *   - usage counts are never negative and the completion text never exceeds its bound;
+ *   - with the text wanted (bit 0 of byte 0), the in-place reading of each event gives the usage,
+ *     verdict and text that the event's cJSON tree gives;
  *   - an event payload the policy rewrote serialises to strict JSON again. */
 #include <stdint.h>
 #include <stdio.h>
@@ -46,6 +49,7 @@ typedef struct transcript {
     char *buf;
     size_t len, cap;
     ag_request *req;
+    ag_request *ref; /* with the text wanted: the same events through the tree (the oracle) */
     ag_policy_sse *psse;
     bool tainted; /* an earlier payload was not strict JSON: held-back text may carry its bytes */
 } transcript;
@@ -142,10 +146,23 @@ static int on_event(void *arg, const ag_sse_event *ev)
     append(t, &ev->data_len, sizeof ev->data_len);
     append(t, ev->data, ev->data_len);
     if (t->req) {
-        ag_usage_from_sse_event(t->req, ev);
+        int verdict = ag_usage_from_sse_event(t->req, ev);
         if (t->req->usage.present && (t->req->usage.prompt_tokens < 0 || t->req->usage.completion_tokens < 0 ||
                                       t->req->usage.total_tokens < 0))
             __builtin_trap();
+        if (t->ref) {
+            /* The in-place reading of chat chunks takes what the event's tree gives, no more. */
+            int ref_verdict = ag_usage_from_sse_event_tree(t->ref, ev);
+            const ag_usage *a = &t->req->usage, *b = &t->ref->usage;
+            if (verdict != ref_verdict || a->present != b->present ||
+                (a->present && (a->prompt_tokens != b->prompt_tokens || a->completion_tokens != b->completion_tokens ||
+                                a->total_tokens != b->total_tokens)))
+                __builtin_trap();
+            if (t->req->completion_len != t->ref->completion_len ||
+                (t->req->completion_len &&
+                 memcmp(t->req->completion_text, t->ref->completion_text, t->req->completion_len) != 0))
+                __builtin_trap();
+        }
     }
     if (t->psse)
         rewrite(t, ev);
@@ -208,6 +225,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     transcript whole = {0}, pieces = {0};
     whole.req = calloc(1, sizeof *whole.req);
+    if (!whole.req)
+        abort();
+    if (seed & 1) { /* the audit's text capture on */
+        whole.req->want_text = true;
+        whole.ref = calloc(1, sizeof *whole.ref);
+        if (!whole.ref)
+            abort();
+        whole.ref->want_text = true;
+    }
     ag_policy_sse psse;
     ag_policy_call call = {.identity = NULL, .deployment = "gpt-4o-mini", .operation = "chat/completions"};
     if (with_policy) {
@@ -233,6 +259,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         __builtin_trap();
     free(whole.req->completion_text);
     free(whole.req);
+    if (whole.ref)
+        free(whole.ref->completion_text);
+    free(whole.ref);
     free(whole.buf);
     free(pieces.buf);
     return 0;

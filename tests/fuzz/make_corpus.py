@@ -484,6 +484,16 @@ def sse_seeds():
         "usage-weird": (0x27, 'data: {"usage":{"prompt_tokens":-1,"completion_tokens":1e300,"total_tokens":"7"}}\n\n'
                               'data: {"type":"response.completed","response":{"usage":{"input_tokens":1.5}}}\n\n'),
         "not-json": (0xa9, "data: {not json\n\ndata: [DONE]\n\n"),
+        # Azure's own key order and content filter results, escapes and raw UTF-8 in the deltas, a
+        # duplicate key and a fractional index: the in-place reader's shapes, text capture on.
+        "azure-chunks": (0x01, prompt_filter + "".join(
+            'data: {"choices":[{"content_filter_results":{"hate":{"filtered":false,"severity":"safe"}},'
+            '"delta":{"content":%s},"finish_reason":null,"index":%s,"logprobs":null}],"created":1,'
+            '"id":"chatcmpl-1","model":"gpt-4o-mini","object":"chat.completion.chunk","usage":null}\n\n' % (c, i)
+            for c, i in (('"Line\\none"', "0"), ('"caf\u00e9 \\\"q\\\""', "0"), ('"\\u00e9"', "0"),
+                         ('"dup","content":"second"', "0"), ('"half"', "0.5"), ('"one"', "1")))
+            + 'data: {"choices":[],"usage":{"completion_tokens":6,"prompt_tokens":2,"total_tokens":8}}\n\n'
+            + "data: [DONE]\n\n"),
     }
     for name, (mode, text) in seeds.items():
         write(t, name, bytes([mode]) + text.encode())

@@ -9,8 +9,12 @@
 #include <cjson/cJSON.h>
 
 #include "aoai_guard/request.h"
+#include "aoai_guard/json_arena.h"
 #include "aoai_guard/usage.h"
+#include "aoai_guard/worker.h"
 #include "check.h"
+
+#define rnd check_rnd
 
 /* The reference: the whole body through cJSON, usage read from the tree (the last "usage" object
  * in the text, as find_usage_object picks it, parsed from there). */
@@ -71,17 +75,326 @@ static void check_usage(const char *usage_json, int present, long long p, long l
         fprintf(stderr, "  differs on: %s\n", usage_json);
 }
 
-static uint64_t rng = 0x2545F4914F6CDD1Dull;
-static unsigned rnd(unsigned n)
+
+/* Streamed chat chunks: ag_usage_from_sse_event reads them in place (usage.c) and must take exactly
+ * the text, usage and verdict that the tree of the whole event gives (ag_usage_from_sse_event_tree),
+ * on Azure's chunks, on generated ones with every shape the reader distinguishes, and on mutations. */
+
+typedef struct gen {
+    char buf[2048];
+    size_t len;
+} gen;
+
+static void put(gen *g, const char *s)
 {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (unsigned)(rng % n);
+    size_t n = strlen(s);
+    if (g->len + n < sizeof g->buf) {
+        memcpy(g->buf + g->len, s, n);
+        g->len += n;
+    }
+}
+
+/* JSON whitespace, now and then; rarely a control byte cJSON takes for space and strict JSON does not. */
+static void ws(gen *g)
+{
+    static const char *const w[] = {"", "", "", "", "", " ", "\n", "\t ", "\r\n  ", "\x01"};
+    put(g, w[rnd(sizeof w / sizeof *w)]);
+}
+
+static void str(gen *g)
+{
+    static const char *const s[] = {
+        "\"Hello\"", "\" world\"", "\"\"", "\"line\\nbreak\"", "\"a \\\"quote\\\" \\\\ and \\/\"",
+        "\"caf\xc3\xa9 \xe4\xb8\xad\xf0\x9f\x98\x80\"", "\"caf\\u00e9\"", "\"\\ud83d\\ude00\"", "\"nul\\u0000cut\"",
+        "\"tab\\tand\\b\\f\\r\"", "\"bad \\x escape\"", "\"raw\x02ctl\"", "null", "7", "[\"x\"]", "{\"content\":\"in\"}",
+        "\"usage\\\":{\\\"prompt_tokens\\\":1}\"", "\"\xff\xfe bytes\"",
+    };
+    put(g, s[rnd(sizeof s / sizeof *s)]);
+}
+
+static void key(gen *g, const char *name)
+{
+    ws(g);
+    put(g, "\"");
+    put(g, name);
+    put(g, "\"");
+    ws(g);
+    put(g, ":");
+    ws(g);
+}
+
+static void index_value(gen *g)
+{
+    static const char *const v[] = {"0", "0", "0", "1", "2", "-0", "0.0", "1e0", "0e5", "0.5", "1e-400", "10", "\"0\"", "null", "-1", "00"};
+    put(g, v[rnd(sizeof v / sizeof *v)]);
+}
+
+static void delta(gen *g)
+{
+    switch (rnd(8)) {
+    case 0: put(g, "null"); return;
+    case 1: str(g); return;
+    case 2: put(g, "[{\"content\":\"not a delta\"}]"); return;
+    default: break;
+    }
+    put(g, "{");
+    int n = (int)rnd(4), first = 1;
+    for (int i = 0; i < n; i++) {
+        if (!first)
+            put(g, ",");
+        first = 0;
+        switch (rnd(5)) {
+        case 0: key(g, "role"); put(g, "\"assistant\""); break;
+        case 1: key(g, "refusal"); put(g, "null"); break;
+        case 2: key(g, "tool_calls"); put(g, "[{\"index\":0,\"function\":{\"arguments\":\"{\\\"a\\\":1}\"}}]"); break;
+        default: key(g, rnd(8) ? "content" : "cont\\u0065nt"); str(g); break;
+        }
+        ws(g);
+    }
+    put(g, "}");
+}
+
+static void choice(gen *g)
+{
+    if (!rnd(16)) {
+        put(g, rnd(2) ? "null" : "\"choice\"");
+        return;
+    }
+    put(g, "{");
+    int n = 1 + (int)rnd(6), first = 1;
+    for (int i = 0; i < n; i++) {
+        if (!first)
+            put(g, ",");
+        first = 0;
+        switch (rnd(7)) {
+        case 0: key(g, "index"); index_value(g); break;
+        case 1: case 2: key(g, "delta"); delta(g); break;
+        case 3: key(g, "text"); str(g); break;
+        case 4: key(g, "finish_reason"); put(g, rnd(2) ? "null" : "\"stop\""); break;
+        case 5: key(g, "logprobs"); put(g, "null"); break;
+        default:
+            key(g, "content_filter_results");
+            put(g, "{\"hate\":{\"filtered\":false,\"severity\":\"safe\"},\"self_harm\":{\"filtered\":false}}");
+            break;
+        }
+        ws(g);
+    }
+    put(g, "}");
+}
+
+static void chunk(gen *g)
+{
+    g->len = 0;
+    put(g, "{");
+    int n = 1 + (int)rnd(7), first = 1;
+    for (int i = 0; i < n; i++) {
+        if (!first)
+            put(g, ",");
+        first = 0;
+        switch (rnd(12)) {
+        case 0: case 1: case 2: {
+            key(g, "choices");
+            if (!rnd(10)) {
+                put(g, rnd(2) ? "null" : "{}");
+                break;
+            }
+            put(g, "[");
+            int k = rnd(4) ? 1 : rnd(2) ? 0 : (int)rnd(15);
+            for (int j = 0; j < k; j++) {
+                if (j)
+                    put(g, ",");
+                ws(g);
+                choice(g);
+                ws(g);
+            }
+            put(g, "]");
+            break;
+        }
+        case 3: case 4: {
+            key(g, "usage");
+            static const char *const u[] = {
+                "null", "null", "{\"completion_tokens\":200,\"prompt_tokens\":23,\"total_tokens\":223}",
+                "{\"prompt_tokens\":5,\"completion_tokens_details\":{\"reasoning_tokens\":0},\"total_tokens\":9}",
+                "{\"prompt_tokens\":1.5,\"total_tokens\":2}", "{\"completion_tokens\":4}", "\"usage\"", "[]",
+            };
+            put(g, u[rnd(sizeof u / sizeof *u)]);
+            break;
+        }
+        case 5: key(g, "id"); put(g, "\"chatcmpl-FAKE00000000000000001\""); break;
+        case 6: key(g, "created"); put(g, "1732800000"); break;
+        case 7: key(g, "model"); put(g, "\"gpt-4o-mini-2024-07-18\""); break;
+        case 8: key(g, "object"); put(g, "\"chat.completion.chunk\""); break;
+        case 9:
+            key(g, "prompt_filter_results");
+            put(g, "[{\"prompt_index\":0,\"content_filter_results\":{\"hate\":{\"filtered\":false}}}]");
+            break;
+        case 10: key(g, "system_fingerprint"); put(g, "\"fp_bench\""); break;
+        default:
+            if (rnd(4)) {
+                key(g, "type");
+                put(g, rnd(2) ? "\"response.output_text.delta\",\"delta\":\"typed\"" : "\"other\"");
+            } else {
+                key(g, "nested");
+                put(g, "{\"choices\":[{\"delta\":{\"content\":\"deep\"}}],\"usage\":{\"total_tokens\":1}}");
+            }
+            break;
+        }
+        ws(g);
+    }
+    put(g, "}");
+    static const char *const tail[] = {"", "", "", "", " ", "\n", "x", "}", " {}"};
+    put(g, tail[rnd(sizeof tail / sizeof *tail)]);
+}
+
+typedef struct chunk_result {
+    ag_usage usage;
+    int verdict;
+    char *text;
+    size_t text_len;
+} chunk_result;
+
+static chunk_result take(ag_request *r, const char *data, size_t len, bool want_text, bool tree)
+{
+    memset(&r->usage, 0, sizeof r->usage);
+    r->want_text = want_text;
+    ag_sse_event ev = {"", 0, data, len, data, len};
+    chunk_result out;
+    out.verdict = tree ? ag_usage_from_sse_event_tree(r, &ev) : ag_usage_from_sse_event(r, &ev);
+    out.usage = r->usage;
+    out.text = r->completion_text;
+    out.text_len = r->completion_len;
+    r->completion_text = NULL;
+    r->completion_len = r->completion_cap = 0;
+    return out;
+}
+
+static bool same_result(const chunk_result *a, const chunk_result *b)
+{
+    return same(a->usage, b->usage) && a->verdict == b->verdict && a->text_len == b->text_len &&
+           (a->text_len == 0 || memcmp(a->text, b->text, a->text_len) == 0);
+}
+
+static void test_chunks_in_place(void)
+{
+    ag_worker *w = calloc(1, sizeof *w); /* only its event arena is used */
+    ag_request *r = calloc(1, sizeof *r);
+    r->worker = w;
+
+    /* Azure's chunks: read in place (no tree: the event arena stays empty), same result. */
+    static const char *const azure[] = {
+        "{\"choices\":[{\"content_filter_results\":{\"hate\":{\"filtered\":false,\"severity\":\"safe\"}},"
+        "\"delta\":{\"content\":\" the\"},\"finish_reason\":null,\"index\":0,\"logprobs\":null}],"
+        "\"created\":1732800000,\"id\":\"chatcmpl-1\",\"model\":\"gpt-4o-mini\",\"object\":\"chat.completion.chunk\","
+        "\"system_fingerprint\":\"fp\",\"usage\":null}",
+        "{\"choices\":[],\"created\":0,\"id\":\"\",\"model\":\"\",\"object\":\"\",\"prompt_filter_results\":"
+        "[{\"prompt_index\":0,\"content_filter_results\":{}}]}",
+        "{\"choices\":[],\"id\":\"c\",\"usage\":{\"completion_tokens\":200,\"prompt_tokens\":23,\"total_tokens\":223}}",
+        "{\"id\":\"c\",\"choices\":[{\"index\":1,\"delta\":{\"content\":\"second choice\"}},"
+        "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"first\"}}]}",
+        "{\"choices\":[{\"text\":\"legacy\",\"index\":0,\"finish_reason\":null}],\"object\":\"text_completion\"}",
+    };
+    static const char *const azure_text[] = {" the", "", "", "first", "legacy"};
+    static const int azure_verdict[] = {0, 0, 1, 0, 0};
+    /* Shapes the reader leaves to the tree, or must read exactly as cJSON does. */
+    static const char *const edges[] = {
+        "{\"choices\":[{\"index\":0.5,\"delta\":{\"content\":\"a half is not zero\"}}]}",
+        "{\"choices\":[{\"index\":1e-400,\"delta\":{\"content\":\"underflows to zero\"}}]}",
+        "{\"choices\":[{\"index\":-0,\"delta\":{\"content\":\"minus zero\"},\"text\":\"+text\"}]}",
+        "{\"choices\":[{\"delta\":{\"content\":\"first\",\"content\":\"second\"},\"delta\":{\"content\":\"no\"}}],"
+        "\"choices\":[{\"delta\":{\"content\":\"not this array\"}}]}",
+        "{\"choices\":[{\"delta\":{\"content\":\"esc\\n\\\"aped\\\"\"}}]}",
+        "{\"choices\":[{\"delta\":{\"content\":\"\\u00e9\"}}]}",
+        "{\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"total_tokens\":3}} trailing",
+    };
+    for (size_t i = 0; i < sizeof edges / sizeof *edges; i++) {
+        chunk_result got = take(r, edges[i], strlen(edges[i]), true, false);
+        chunk_result ref = take(r, edges[i], strlen(edges[i]), true, true);
+        CHECK(same_result(&got, &ref));
+        free(got.text);
+        free(ref.text);
+    }
+    /* Many choices, each with text: more than the reader keeps in place. */
+    gen many = {.len = 0};
+    put(&many, "{\"choices\":[");
+    for (int i = 0; i < 12; i++)
+        put(&many, i ? ",{\"delta\":{\"content\":\"c\"},\"text\":\"t\"}" : "{\"delta\":{\"content\":\"c\"},\"text\":\"t\"}");
+    put(&many, "]}");
+    chunk_result got_many = take(r, many.buf, many.len, true, false);
+    chunk_result ref_many = take(r, many.buf, many.len, true, true);
+    CHECK(same_result(&got_many, &ref_many));
+    CHECK_INT(got_many.text_len, 24);
+    free(got_many.text);
+    free(ref_many.text);
+    for (size_t i = 0; i < sizeof azure / sizeof *azure; i++) {
+        size_t len = strlen(azure[i]);
+        chunk_result got = take(r, azure[i], len, true, false);
+        CHECK_INT(ag_json_arena_capacity(&w->event_arena), 0);
+        chunk_result ref = take(r, azure[i], len, true, true);
+        CHECK(same_result(&got, &ref));
+        CHECK_INT(got.verdict, azure_verdict[i]);
+        CHECK_INT(got.text_len, strlen(azure_text[i]));
+        CHECK(got.text_len == strlen(azure_text[i]) &&
+              (got.text_len == 0 || memcmp(got.text, azure_text[i], got.text_len) == 0));
+        free(got.text);
+        free(ref.text);
+        ag_json_arena_free(&w->event_arena);
+    }
+
+    /* Generated chunks, then the same mutated: with the text wanted, and without (the prefilter
+     * then decides first; it knows JSON's four whitespace bytes only, so events with another
+     * control byte are compared with the text wanted alone). */
+    static const char alphabet[] = "{}[]\",:\\ 0123456789.e-tnulrfaspmo_\t\nE+/u";
+    int diffs = 0, in_place = 0, plain = 0, with_text = 0, usage_only = 0;
+    for (int iter = 0; iter < 60000; iter++) {
+        gen g;
+        chunk(&g);
+        if (iter % 3 == 2) {
+            for (int e = 1 + (int)rnd(3); e > 0 && g.len > 2; e--) {
+                size_t at = rnd((unsigned)g.len);
+                if (rnd(2))
+                    g.buf[at] = alphabet[rnd(sizeof alphabet - 1)];
+                else
+                    memmove(g.buf + at, g.buf + at + 1, --g.len - at);
+            }
+        }
+        bool ctl = false;
+        for (size_t i = 0; i < g.len; i++)
+            if ((unsigned char)g.buf[i] < 0x20 && !strchr("\t\n\r", g.buf[i]))
+                ctl = true;
+        for (int want = ctl ? 1 : 0; want < 2; want++) {
+            ag_json_arena_free(&w->event_arena);
+            chunk_result got = take(r, g.buf, g.len, want, false);
+            bool no_tree = ag_json_arena_capacity(&w->event_arena) == 0;
+            chunk_result ref = take(r, g.buf, g.len, want, true);
+            if (!same_result(&got, &ref) && diffs++ < 5)
+                fprintf(stderr, "  chunk differs (text %d: verdict %d/%d, usage %d/%d, text %zu/%zu) on: %.*s\n", want,
+                        got.verdict, ref.verdict, got.usage.present, ref.usage.present, got.text_len, ref.text_len,
+                        (int)g.len, g.buf);
+            if (want && no_tree && !memchr(g.buf, '\\', g.len)) {
+                plain++;
+                in_place += ref.text_len > 0 || ref.usage.present; /* something taken, and no tree built */
+            }
+            with_text += want && ref.text_len > 0;
+            usage_only += ref.verdict == 1;
+            free(got.text);
+            free(ref.text);
+        }
+    }
+    fprintf(stderr, "  chunks: %d read in place with something taken, %d with text, %d usage-only\n", in_place,
+            with_text, usage_only);
+    CHECK_INT(diffs, 0);
+    CHECK(in_place > 5000);
+    CHECK(with_text > 10000);
+    CHECK(usage_only > 100);
+    ag_json_arena_free(&w->event_arena);
+    free(r);
+    free(w);
+    (void)plain;
 }
 
 int main(void)
 {
+    test_chunks_in_place();
     req = calloc(1, sizeof *req);
     /* Azure's chat/completions usage, nested details included. */
     check_usage("{\"completion_tokens\":12,\"completion_tokens_details\":{\"accepted_prediction_tokens\":0,"

@@ -322,14 +322,23 @@ static void emit_event(ag_request *r, const char *event, size_t event_len, const
     char *text = cJSON_PrintUnformatted(data);
     if (!text)
         return;
-    struct evbuffer *b = evbuffer_new();
-    if (b) {
-        if (event_len)
-            evbuffer_add_printf(b, "event: %.*s\n", (int)event_len, event);
-        evbuffer_add_printf(b, "data: %s\n\n", text);
-        size_t n = evbuffer_get_length(b);
-        ag_response_body(r, evbuffer_pullup(b, -1), n);
-        evbuffer_free(b);
+    /* One frame, so one chunk to the caller: "event: <name>\n" (when named) "data: <json>\n\n". */
+    size_t tn = strlen(text), n = (event_len ? 8 + event_len : 0) + 6 + tn + 2;
+    char stack[4096], *frame = n <= sizeof stack ? stack : malloc(n);
+    if (frame) {
+        char *p = frame;
+        if (event_len) {
+            memcpy(p, "event: ", 7);
+            memcpy(p + 7, event, event_len);
+            p[7 + event_len] = '\n';
+            p += 8 + event_len;
+        }
+        memcpy(p, "data: ", 6);
+        memcpy(p + 6, text, tn);
+        memcpy(p + 6 + tn, "\n\n", 2);
+        ag_response_body(r, frame, n);
+        if (frame != stack)
+            free(frame);
     }
     cJSON_free(text);
 }
@@ -361,8 +370,17 @@ static int policy_event(ag_request *r, const ag_sse_event *ev)
         ag_response_body(r, ev->raw, ev->raw_len);
         return 0;
     }
-    cJSON *d = ev->data_len && ev->data[0] == '{' ? cJSON_ParseWithLength(ev->data, ev->data_len) : NULL;
+    /* The tree's nodes come from the worker's event arena (as the usage pass's did); the strings
+     * the rewrite puts in come from malloc (json_arena.h). Deleted below, before the reset. */
+    cJSON *d = NULL;
+    ag_json_arena *arena = &r->worker->event_arena;
+    if (ev->data_len && ev->data[0] == '{') {
+        ag_json_arena_enter(arena);
+        d = cJSON_ParseWithLength(ev->data, ev->data_len);
+        ag_json_arena_leave();
+    }
     if (!d) {
+        ag_json_arena_reset(arena);
         ag_response_body(r, ev->raw, ev->raw_len);
         return 0;
     }
@@ -377,6 +395,7 @@ static int policy_event(ag_request *r, const ag_sse_event *ev)
     else if (changed == 0)
         ag_response_body(r, ev->raw, ev->raw_len);
     cJSON_Delete(d);
+    ag_json_arena_reset(arena);
     return changed < 0 ? -1 : 0;
 }
 

@@ -5,7 +5,7 @@
 # caches or stalls: a ratio of two counts says which binary does less work in user space, not how
 # much faster it is. tests/bench/PROFILE.md quotes it before and after each change.
 #
-#   tests/bench/callgrind.sh [--build-dir DIR] [--ag-bin BIN] [--scenario plain|stream|full|full16k]
+#   tests/bench/callgrind.sh [--build-dir DIR] [--ag-bin BIN] [--scenario plain|stream|full|full16k|full-stream]
 #                            [--seconds N]
 #                            [--keep]
 #
@@ -16,7 +16,8 @@
 # the bench's full scenario with a 1 KB prompt: an Entra token (the cached path; fake_entra and
 # bench_mint), one RPM+TPM policy, the shipped policy plus the 50 regex rules, audit to a file; the
 # count then includes the audit thread's work (not the kernel's fdatasync). "full16k": the same with
-# the 16 KB prompt. Needs valgrind and wrk (scripts/install-deps.sh --bench installs wrk; apt-get install valgrind).
+# the 16 KB prompt. "full-stream": the full scenario with the 1 KB prompt streamed back in 200 chunks
+# (the audit keeps the streamed text, the response policy rewrites each chunk). Needs valgrind and wrk (scripts/install-deps.sh --bench installs wrk; apt-get install valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=build-bench
@@ -40,7 +41,7 @@ for tool in valgrind callgrind_control callgrind_annotate wrk; do
   command -v "$tool" >/dev/null || { echo "callgrind.sh: $tool is not installed" >&2; exit 2; }
 done
 [ -x "$ag_bin" ] && [ -x "$fake" ] || { echo "callgrind.sh: build $ag_bin and $fake first (scripts/bench.sh builds both)" >&2; exit 2; }
-case "$scenario" in plain|stream|full|full16k) ;; *) echo "callgrind.sh: --scenario plain, stream, full or full16k" >&2; exit 2 ;; esac
+case "$scenario" in plain|stream|full|full16k|full-stream) ;; *) echo "callgrind.sh: --scenario plain, stream, full, full16k or full-stream" >&2; exit 2 ;; esac
 
 tmp=$(mktemp -d /tmp/aoai-guard-callgrind.XXXXXX)
 pids=()
@@ -73,7 +74,7 @@ cat >"$tmp/gw.json" <<EOF
 "log":{"level":"warn","access_log":false}}
 EOF
 token=
-if [ "$scenario" = full ] || [ "$scenario" = full16k ]; then
+if [ "$scenario" != plain ] && [ "$scenario" != stream ]; then
   tenant=11111111-1111-4111-8111-111111111111
   audience=api://aoai-guard
   "$build/tests/fakes/fake_entra" --port 0 --port-file "$tmp/entra.port" --keys-dir "$tmp/entra-keys" \
@@ -114,16 +115,20 @@ body=$tmp/body.json
 if [ "$scenario" = stream ]; then
   curl -sf -X POST -d '{"chunks":200}' "http://127.0.0.1:$up_port/_fake/config" >/dev/null
   echo '{"messages":[{"role":"user","content":"Hello"}],"stream":true}' >"$body"
-elif [ "$scenario" = full ] || [ "$scenario" = full16k ]; then
+elif [ "$scenario" = plain ]; then
+  echo '{"messages":[{"role":"user","content":"Hello"}]}' >"$body"
+else
   # The bench's prompt_body(): a 1 KB (16 KB) user message of business prose.
-  python3 - "$body" "$([ "$scenario" = full ] && echo 1024 || echo 16384)" <<'PY'
+  [ "$scenario" = full-stream ] && curl -sf -X POST -d '{"chunks":200}' "http://127.0.0.1:$up_port/_fake/config" >/dev/null
+  python3 - "$body" "$([ "$scenario" = full16k ] && echo 16384 || echo 1024)" "$scenario" <<'PY'
 import json, sys
 sys.path.insert(0, "tests/bench")
 from bench import prompt_body
-json.dump(prompt_body(int(sys.argv[2])), open(sys.argv[1], "w"))
+body = prompt_body(int(sys.argv[2]))
+if sys.argv[3] == "full-stream":
+    body["stream"] = True
+json.dump(body, open(sys.argv[1], "w"))
 PY
-else
-  echo '{"messages":[{"role":"user","content":"Hello"}]}' >"$body"
 fi
 drive() {
   AG_BENCH_BODY=$body AG_BENCH_CHECK=1 AG_BENCH_OUT=$2 AG_BENCH_TOKEN=$token wrk -t1 -c4 -d"$1"s -s tests/bench/wrk_post.lua \

@@ -133,7 +133,9 @@ static int process(ag_policy_stream *st, ag_policy_scratch *s, bool final)
     size_t len = st->len, E = len;
     if (!final) {
         E = len - H;
-        while (E > 0 && ((unsigned char)st->buf[E] & 0xC0) == 0x80)
+        /* not inside a character: back over at most the three continuation bytes one can have (a
+         * longer run is not UTF-8, and walking it all back would stop the emission for good) */
+        for (int k = 0; k < 3 && E > 0 && ((unsigned char)st->buf[E] & 0xC0) == 0x80; k++)
             E--;
         /* hold a match that reaches into the held part, as long as the hold stays within 2H */
         bool extend = false;

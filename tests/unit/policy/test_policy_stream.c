@@ -408,6 +408,35 @@ static void test_sse_responses(void)
     ag_policy_free(pol);
 }
 
+/* A run of continuation bytes longer than the hold-back (not UTF-8: an upstream's garbage) must
+ * not stop the emission: the boundary steps back over one character's worth of them at most. */
+static void test_invalid_utf8_run(void)
+{
+    char *short_holdback = strdup(POLICY);
+    memcpy(strstr(short_holdback, "128"), "016", 3);
+    ag_policy *pol = mkpol(short_holdback);
+    free(short_holdback);
+    ag_policy_call call = {NULL, "gpt-4o", "chat/completions"};
+    ag_policy_stream st;
+    CHECK_INT(ag_policy_stream_init(&st, pol, &call), 0);
+    char run[400];
+    memset(run, 0x90, sizeof run);
+    size_t sent = 0;
+    for (int i = 0; i < 10; i++) {
+        const char *o;
+        size_t ol;
+        CHECK_INT(ag_policy_stream_feed(&st, S, run, sizeof run, &o, &ol), 0);
+        sent += ol;
+        CHECK(ag_policy_stream_held(&st) <= 2 * st.holdback);
+    }
+    const char *o;
+    size_t ol;
+    CHECK_INT(ag_policy_stream_finish(&st, S, &o, &ol), 0);
+    CHECK_INT(sent + ol, 10 * sizeof run);
+    ag_policy_stream_free(&st);
+    ag_policy_free(pol);
+}
+
 int main(void)
 {
     S = ag_policy_scratch_new();
@@ -418,6 +447,7 @@ int main(void)
     test_passthrough();
     test_sse_chat();
     test_sse_responses();
+    test_invalid_utf8_run();
     ag_policy_scratch_free(S);
     return CHECK_DONE();
 }

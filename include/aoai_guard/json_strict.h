@@ -57,8 +57,8 @@ bool ag_json_object_check(const char *buf, size_t len, const ag_json_limits *lim
 const char *ag_json_status_str(ag_json_status status);
 
 /* Length of the longest prefix of s[0..len) that a JSON string holds as it is: no '"', no '\\', no
- * byte below 0x20. Eight bytes at a time; the scanners of strings (strict parse, audit escaping)
- * use it to skip ordinary text. */
+ * byte below 0x20. Sixteen bytes at a time (SSE2); the scanners of strings (strict parse, audit
+ * escaping) use it to skip ordinary text. */
 size_t ag_json_plain_prefix(const char *s, size_t len);
 
 /* Skips JSON whitespace at p; returns the first other byte (or end). */

@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <cjson/cJSON.h>
 
+#include "aoai_guard/chat_chunk.h"
 #include "aoai_guard/policy.h"
 
 typedef struct ag_policy_stream {
@@ -94,6 +95,17 @@ void ag_policy_sse_init(ag_policy_sse *sse, const ag_policy *pol, const ag_polic
  * did not, -1 when out of memory. When *before is set on return, it is an extra event the caller
  * must send first (and then cJSON_Delete): held text flushed ahead of a Responses ".done" event. */
 int ag_policy_sse_rewrite(ag_policy_sse *sse, ag_policy_scratch *s, cJSON *data, cJSON **before);
+
+/* The same for a chat chunk read in place, without a tree: chunk is what ag_chat_chunk_read found
+ * in the event's payload data (a payload it refused goes to ag_policy_sse_rewrite). Returns 0 when it is sent as it is, 1 when *out (malloc'd, the caller frees it)
+ * holds the rewritten payload (len *out_len: the payload's own bytes with the changed strings
+ * spliced in), -1 when out of memory, or -2 for a payload this path leaves to the tree (escaped
+ * "id" or "model", an index or "created" longer than cJSON
+ * reads, a choice beyond the free slots, a finish with no delta object): nothing has changed
+ * then, and the caller parses it and calls ag_policy_sse_rewrite. The two paths take the same
+ * decisions and produce the same JSON. */
+int ag_policy_sse_rewrite_chunk(ag_policy_sse *sse, ag_policy_scratch *s, const char *data,
+                                const ag_chat_chunk *chunk, char **out, size_t *out_len);
 
 /* At [DONE] or end of stream: a JSON array of events carrying text still held (chat: one chunk
  * with a choice per held stream; Responses: one output_text.delta per held part). The caller sends

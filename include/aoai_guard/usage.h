@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <cjson/cJSON.h>
 
+#include "aoai_guard/chat_chunk.h"
 #include "aoai_guard/request.h"
 #include "aoai_guard/sse.h"
 
@@ -25,6 +26,8 @@ void ag_usage_from_held_response(ag_request *req, const cJSON *root, const char 
  * typed events). Returns 1 when the event is the usage-only chunk that include_usage adds
  * ("choices":[] with a usage object), else 0. */
 int ag_usage_from_sse_event(ag_request *req, const ag_sse_event *ev);
+/* The same for an event its caller has read with ag_chat_chunk_read (ck; NULL when it refused). */
+int ag_usage_from_sse_event_read(ag_request *req, const ag_sse_event *ev, const ag_chat_chunk *ck);
 /* The same through a cJSON tree of the whole event, whatever its text says (no prefilter): the
  * path ag_usage_from_sse_event leaves an event to when its in-place reader does not follow it,
  * and the tests' reference for that reader. */

@@ -4,6 +4,8 @@
 #include <string.h>
 
 #include "aoai_guard/policy_stream.h"
+#include "aoai_guard/chat_chunk.h"
+#include "aoai_guard/json_strict.h"
 #include "policy/policy_int.h"
 
 #define PEM_END "-----END "
@@ -447,6 +449,232 @@ static int rewrite_chat(ag_policy_sse *sse, ag_policy_scratch *s, cJSON *data)
         }
     }
     return changed;
+}
+
+/* ---- chat chunks without a tree (ag_policy_sse_rewrite_chunk): rewrite_chat's reading and
+ * decisions on a payload read in place; the changed strings are spliced into the payload's own
+ * bytes instead of printing a tree of it. ---- */
+
+/* A number token's value as cJSON reads it (strtod of the token); false for a token longer than
+ * cJSON's 63-byte number buffer. */
+static bool token_double(ag_chunk_value v, double *out)
+{
+    char buf[64];
+    if (v.len >= sizeof buf)
+        return false;
+    memcpy(buf, v.tok, v.len);
+    buf[v.len] = '\0';
+    *out = strtod(buf, NULL);
+    return true;
+}
+
+/* Copies a string token's text without escapes into dst[cap] as snprintf("%s") would (cut). */
+static void copy_plain(char *dst, size_t cap, ag_chunk_value v)
+{
+    size_t n = v.len - 2 < cap - 1 ? v.len - 2 : cap - 1;
+    memcpy(dst, v.tok + 1, n);
+    dst[n] = '\0';
+}
+
+/* A malloc'd copy of text[0..len) up to its first NUL, as cJSON_SetValuestring keeps it. */
+static char *copy_text(const char *text, size_t len)
+{
+    size_t n = strnlen(text, len);
+    char *c = malloc(n + 1);
+    if (c) {
+        memcpy(c, text, n);
+        c[n] = '\0';
+    }
+    return c;
+}
+
+/* One change to the payload: the bytes [from, to) become text (from == to: inserted). */
+typedef struct chunk_edit {
+    const char *from, *to;
+    char *text; /* malloc'd */
+} chunk_edit;
+
+/* The edit that sets a choice's text to val: its string token replaced, or a "content" member
+ * appended to its delta object (as cJSON_AddStringToObject appends). NULL text on out of memory. */
+static chunk_edit text_edit(const ag_chunk_value *node, ag_chunk_value delta, const char *val)
+{
+    chunk_edit e = {0};
+    cJSON *str = cJSON_CreateString(val);
+    char *tok = str ? cJSON_PrintUnformatted(str) : NULL;
+    cJSON_Delete(str);
+    if (!tok)
+        return e;
+    size_t tn = strlen(tok);
+    if (node) {
+        e.from = node->tok;
+        e.to = node->tok + node->len;
+    } else {
+        e.from = e.to = delta.tok + delta.len - 1; /* before the delta's '}' */
+    }
+    bool comma = !node && *ag_json_skip_ws(delta.tok + 1, e.from) != '}';
+    static const char member[] = "\"content\":";
+    size_t pre = node ? 0 : (comma ? 1 : 0) + sizeof member - 1;
+    e.text = malloc(pre + tn + 1);
+    if (e.text) {
+        if (!node) {
+            if (comma)
+                e.text[0] = ',';
+            memcpy(e.text + (comma ? 1 : 0), member, sizeof member - 1);
+        }
+        memcpy(e.text + pre, tok, tn + 1);
+    }
+    cJSON_free(tok);
+    return e;
+}
+
+int ag_policy_sse_rewrite_chunk(ag_policy_sse *sse, ag_policy_scratch *s, const char *data,
+                                const ag_chat_chunk *chunk, char **out, size_t *out_len)
+{
+    *out = NULL;
+    *out_len = 0;
+    if (!sse->policy)
+        return 0;
+    const ag_chat_chunk *ck = chunk;
+
+    /* First what the tree path would do differently, before anything changes. */
+    double created = 0;
+    if (ag_chunk_has_escape(ck->id) || ag_chunk_has_escape(ck->model) ||
+        (ag_chunk_is_number(ck->created) && !token_double(ck->created, &created)))
+        return -2;
+    long keys[AG_CHAT_CHUNK_CHOICES], added[AG_CHAT_CHUNK_CHOICES];
+    const ag_chunk_value *nodes[AG_CHAT_CHUNK_CHOICES];
+    size_t nadded = 0, free_slots = 0;
+    for (size_t k = 0; k < AG_POLICY_SSE_SLOTS; k++)
+        free_slots += !sse->slots[k].used;
+    for (size_t i = 0; i < ck->nchoices; i++) {
+        const ag_chunk_choice *c = &ck->choice[i];
+        long idx = (long)i;
+        double v;
+        if (ag_chunk_is_number(c->index)) { /* num(): the double, cut to a long, when in range */
+            if (!token_double(c->index, &v))
+                return -2;
+            if (v >= 0 && v < 1e6)
+                idx = (long)v;
+        }
+        keys[i] = idx;
+        /* content is only read from an object delta (chat_chunk.h) */
+        nodes[i] = ag_chunk_is_string(c->content) ? &c->content : ag_chunk_is_string(c->text) ? &c->text : NULL;
+        if (ag_chunk_is_string(c->finish_reason) && !nodes[i] && !ag_chunk_is_object(c->delta))
+            return -2; /* the tree path may have to add a delta object */
+        if (!nodes[i])
+            continue;
+        bool known = false;
+        for (size_t k = 0; k < AG_POLICY_SSE_SLOTS && !known; k++)
+            known = sse->slots[k].used && sse->slots[k].key == idx;
+        for (size_t k = 0; k < nadded && !known; k++)
+            known = added[k] == idx;
+        if (!known) {
+            if (nadded == free_slots)
+                return -2; /* beyond the slots: redacted whole, on the tree */
+            added[nadded++] = idx;
+        }
+    }
+
+    /* Then rewrite_chat's steps. */
+    if (ag_chunk_is_string(ck->id) && ck->id.len > 2)
+        copy_plain(sse->id, sizeof sse->id, ck->id);
+    if (ag_chunk_is_string(ck->model) && ck->model.len > 2)
+        copy_plain(sse->model, sizeof sse->model, ck->model);
+    if (ag_chunk_is_number(ck->created) && created > 0)
+        sse->created = created;
+    if (!ag_chunk_is_array(ck->choices))
+        return 0;
+    chunk_edit edits[AG_CHAT_CHUNK_CHOICES];
+    size_t nedits = 0;
+    int rc = 0;
+    for (size_t i = 0; i < ck->nchoices && rc == 0; i++) {
+        const ag_chunk_choice *c = &ck->choice[i];
+        const ag_chunk_value *node = nodes[i];
+        int err = 0;
+        ag_policy_stream *st = slot_for(sse, keys[i], node != NULL, &err);
+        if (err || (node && !st)) {
+            rc = -1;
+            break;
+        }
+        const char *t = NULL, *o;
+        size_t tl = 0, ol;
+        cJSON *unescaped = NULL;
+        char *val = NULL;
+        bool set = false;
+        if (node && ag_chunk_has_escape(*node)) {
+            unescaped = cJSON_ParseWithLengthOpts(node->tok, node->len, NULL, false);
+            if (!cJSON_IsString(unescaped))
+                rc = -1;
+            else
+                tl = strlen(t = unescaped->valuestring);
+        } else if (node) {
+            t = node->tok + 1;
+            tl = node->len - 2;
+        }
+        if (rc == 0 && node) {
+            if (ag_policy_stream_feed(st, s, t, tl, &o, &ol) != 0)
+                rc = -1;
+            else if (o != t && !(val = copy_text(o, ol)))
+                rc = -1;
+            set = val != NULL;
+        }
+        if (rc == 0 && st && ag_chunk_is_string(c->finish_reason)) {
+            if (ag_policy_stream_finish(st, s, &o, &ol) != 0) {
+                rc = -1;
+            } else if (ol > 0) {
+                const char *have = val ? val : t;
+                size_t hl = val ? strlen(val) : tl;
+                char *joined = malloc(hl + ol + 1);
+                if (!joined) {
+                    rc = -1;
+                } else {
+                    if (hl)
+                        memcpy(joined, have, hl);
+                    memcpy(joined + hl, o, ol);
+                    joined[hl + ol] = '\0';
+                    free(val);
+                    val = copy_text(joined, hl + ol);
+                    free(joined);
+                    rc = val ? 0 : -1;
+                    set = val != NULL;
+                }
+            }
+        }
+        if (rc == 0 && set) {
+            edits[nedits] = text_edit(node, c->delta, val);
+            rc = edits[nedits].text ? 0 : -1;
+            nedits += rc == 0;
+        }
+        free(val);
+        cJSON_Delete(unescaped);
+    }
+    if (rc == 0 && nedits > 0) {
+        size_t total = ck->object_len;
+        for (size_t i = 0; i < nedits; i++)
+            total += strlen(edits[i].text) - (size_t)(edits[i].to - edits[i].from);
+        char *buf = malloc(total + 1), *w = buf;
+        const char *r = data;
+        for (size_t i = 0; buf && i < nedits; i++) {
+            memcpy(w, r, (size_t)(edits[i].from - r));
+            w += edits[i].from - r;
+            size_t n = strlen(edits[i].text);
+            memcpy(w, edits[i].text, n);
+            w += n;
+            r = edits[i].to;
+        }
+        if (buf) {
+            memcpy(w, r, (size_t)(data + ck->object_len - r));
+            buf[total] = '\0';
+            *out = buf;
+            *out_len = total;
+            rc = 1;
+        } else {
+            rc = -1;
+        }
+    }
+    for (size_t i = 0; i < nedits; i++)
+        free(edits[i].text);
+    return rc;
 }
 
 static int rewrite_responses(ag_policy_sse *sse, ag_policy_scratch *s, cJSON *data,

@@ -317,29 +317,33 @@ static void ex_send_head(ag_exchange *ex, long long cl_override)
 }
 
 /* Sends one event we re-serialised: "event: <name>" when the original had one, then the data. */
+/* Sends one event, "event: <name>\n" (when named) and "data: <payload>\n\n", as one chunk. */
+static void emit_frame(ag_request *r, const char *event, size_t event_len, const char *payload, size_t len)
+{
+    size_t n = (event_len ? 8 + event_len : 0) + 6 + len + 2;
+    char stack[4096], *frame = n <= sizeof stack ? stack : malloc(n);
+    if (!frame)
+        return;
+    char *p = frame;
+    if (event_len) {
+        memcpy(p, "event: ", 7);
+        memcpy(p + 7, event, event_len);
+        p[7 + event_len] = '\n';
+        p += 8 + event_len;
+    }
+    memcpy(p, "data: ", 6);
+    memcpy(p + 6, payload, len);
+    memcpy(p + 6 + len, "\n\n", 2);
+    ag_response_body(r, frame, n);
+    if (frame != stack)
+        free(frame);
+}
+
 static void emit_event(ag_request *r, const char *event, size_t event_len, const cJSON *data)
 {
     char *text = cJSON_PrintUnformatted(data);
-    if (!text)
-        return;
-    /* One frame, so one chunk to the caller: "event: <name>\n" (when named) "data: <json>\n\n". */
-    size_t tn = strlen(text), n = (event_len ? 8 + event_len : 0) + 6 + tn + 2;
-    char stack[4096], *frame = n <= sizeof stack ? stack : malloc(n);
-    if (frame) {
-        char *p = frame;
-        if (event_len) {
-            memcpy(p, "event: ", 7);
-            memcpy(p + 7, event, event_len);
-            p[7 + event_len] = '\n';
-            p += 8 + event_len;
-        }
-        memcpy(p, "data: ", 6);
-        memcpy(p + 6, text, tn);
-        memcpy(p + 6 + tn, "\n\n", 2);
-        ag_response_body(r, frame, n);
-        if (frame != stack)
-            free(frame);
-    }
+    if (text)
+        emit_frame(r, event, event_len, text, strlen(text));
     cJSON_free(text);
 }
 
@@ -361,8 +365,9 @@ static int flush_policy(ag_request *r)
     return err ? -1 : 0;
 }
 
-/* Response policy on one event: rewrite its text (redaction with a bounded hold-back). */
-static int policy_event(ag_request *r, const ag_sse_event *ev)
+/* Response policy on one event: rewrite its text (redaction with a bounded hold-back). chunk: the
+ * event as ag_chat_chunk_read found it, or NULL when it refused (or the event is not an object). */
+static int policy_event(ag_request *r, const ag_sse_event *ev, const ag_chat_chunk *chunk)
 {
     if (ev->data_len == 6 && memcmp(ev->data, "[DONE]", 6) == 0) {
         if (flush_policy(r) != 0)
@@ -370,7 +375,24 @@ static int policy_event(ag_request *r, const ag_sse_event *ev)
         ag_response_body(r, ev->raw, ev->raw_len);
         return 0;
     }
-    /* The tree's nodes come from the worker's event arena (as the usage pass's did); the strings
+    /* A chat chunk is rewritten in place: its changed strings spliced into its own bytes. */
+    char *spliced = NULL;
+    size_t spliced_len = 0;
+    int in_place = chunk ? ag_policy_sse_rewrite_chunk(r->policy_sse, r->worker->policy_scratch, ev->data, chunk,
+                                                       &spliced, &spliced_len)
+                         : -2;
+    if (in_place == 0) {
+        ag_response_body(r, ev->raw, ev->raw_len);
+        return 0;
+    }
+    if (in_place == 1) {
+        emit_frame(r, ev->event, ev->event_len, spliced, spliced_len);
+        free(spliced);
+        return 0;
+    }
+    if (in_place == -1)
+        return -1;
+    /* Any other event: a tree. Its nodes come from the worker's event arena; the strings
      * the rewrite puts in come from malloc (json_arena.h). Deleted below, before the reset. */
     cJSON *d = NULL;
     ag_json_arena *arena = &r->worker->event_arena;
@@ -402,15 +424,22 @@ static int policy_event(ag_request *r, const ag_sse_event *ev)
 static int sse_event_cb(void *arg, const ag_sse_event *ev)
 {
     ag_request *r = arg;
-    int usage_only = ag_usage_from_sse_event(r, ev);
-    if (!r->sse_events)
+    if (!r->policy_sse) {
+        int usage_only = ag_usage_from_sse_event(r, ev);
+        if (!r->sse_events || (r->strip_usage && usage_only == 1))
+            return 0; /* the usage chunk we asked for is not the caller's */
+        ag_response_body(r, ev->raw, ev->raw_len); /* filter mode: events go out whole */
         return 0;
-    if (r->strip_usage && usage_only == 1)
-        return 0; /* the usage chunk we asked for, not the caller */
-    if (r->policy_sse)
-        return policy_event(r, ev);
-    ag_response_body(r, ev->raw, ev->raw_len); /* filter mode: events go out whole */
-    return 0;
+    }
+    /* Under a response policy the chunk is read once, for the usage and for the policy. */
+    ag_chat_chunk ck;
+    const ag_chat_chunk *read = ev->data_len && ev->data[0] == '{' && ag_chat_chunk_read(ev->data, ev->data_len, &ck)
+                                    ? &ck
+                                    : NULL;
+    int usage_only = ag_usage_from_sse_event_read(r, ev, read);
+    if (!r->sse_events || (r->strip_usage && usage_only == 1))
+        return 0;
+    return policy_event(r, ev, read);
 }
 
 static int on_resp_headers_complete(llhttp_t *p)

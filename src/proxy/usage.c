@@ -1,5 +1,6 @@
 /* Usage and completion text from responses (see usage.h). */
 #include "aoai_guard/usage.h"
+#include "aoai_guard/chat_chunk.h"
 #include "aoai_guard/json_strict.h"
 #include "aoai_guard/worker.h"
 
@@ -278,185 +279,21 @@ static int event_usage(ag_request *r, const cJSON *root)
            cJSON_IsArray(choices) && cJSON_GetArraySize(choices) == 0;
 }
 
-/* ---- streamed chat chunks, read in place ----
- *
- * A 200-chunk stream is 200 small documents, each a few hundred bytes of envelope (ids, model,
- * content filter results) around a few bytes of text. The reader below steps over the envelope
- * with ag_json_skip_value and keeps only what event_usage() would read from cJSON's tree: the
- * first "choices" array (each element's first "index", its first "delta"'s first "content", its
- * first "text") and the first "usage" object. It takes nothing from the event until it has read
- * it whole, and leaves to cJSON any event it does not follow: one skip_value refuses (not strict
- * JSON, \u escapes, deeper than 32 levels), one with a top-level "type" (the Responses API), an
- * index that is not a plain integer, more than CHUNK_CHOICES choices. */
-
-#define CHUNK_CHOICES 8
-
-/* A JSON string token found in the event, quotes included. */
-typedef struct chunk_string {
-    const char *tok;
-    size_t len;
-} chunk_string;
-
-typedef struct chunk_read {
-    bool want_text;
-    bool choices_seen, choices_array, usage_seen;
-    size_t nchoices;                            /* elements of the first "choices" array */
-    const char *usage;                          /* the first "usage", when an object; else NULL */
-    size_t ntexts;
-    chunk_string texts[2 * CHUNK_CHOICES];      /* in event_usage()'s order */
-} chunk_read;
-
-typedef struct choice_read {
-    bool index_seen, delta_seen, content_seen, text_seen;
-    bool other_index;                           /* a numeric "index" other than 0 */
-    chunk_string content, text;                 /* tok NULL: not a string */
-} choice_read;
-
-/* Reads the value at v for one member named k[0..kn) (raw bytes: a name with an escape is none
- * of the names looked for); returns where the value ends, or NULL to leave the event to cJSON. */
-typedef const char *(*member_fn)(const char *k, size_t kn, const char *v, const char *end, void *arg);
-
-#define NAME_IS(k, kn, s) ((kn) == sizeof(s) - 1 && memcmp((k), (s), sizeof(s) - 1) == 0)
-
-/* Steps through the object at p (its '{'), calling fn for each member in order. Returns the byte
- * after the '}', or NULL. */
-static const char *step_members(const char *p, const char *end, member_fn fn, void *arg)
-{
-    p = ag_json_skip_ws(p + 1, end);
-    if (p < end && *p == '}')
-        return p + 1;
-    for (;;) {
-        if (p >= end || *p != '"')
-            return NULL;
-        const char *q = ag_json_skip_value(p, end);
-        if (!q)
-            return NULL;
-        const char *k = p + 1;
-        size_t kn = (size_t)(q - p) - 2;
-        q = ag_json_skip_ws(q, end);
-        if (q >= end || *q != ':')
-            return NULL;
-        p = fn(k, kn, ag_json_skip_ws(q + 1, end), end, arg);
-        if (!p)
-            return NULL;
-        p = ag_json_skip_ws(p, end);
-        if (p < end && *p == ',') {
-            p = ag_json_skip_ws(p + 1, end);
-            continue;
-        }
-        return p < end && *p == '}' ? p + 1 : NULL;
-    }
-}
-
-/* Skips the value at v; when it is a string, *s records it. */
-static const char *string_value(const char *v, const char *end, chunk_string *s)
-{
-    const char *q = ag_json_skip_value(v, end);
-    if (q && *v == '"') {
-        s->tok = v;
-        s->len = (size_t)(q - v);
-    }
-    return q;
-}
-
-static const char *delta_member(const char *k, size_t kn, const char *v, const char *end, void *arg)
-{
-    choice_read *c = arg;
-    if (!c->content_seen && NAME_IS(k, kn, "content")) {
-        c->content_seen = true;
-        return string_value(v, end, &c->content);
-    }
-    return ag_json_skip_value(v, end);
-}
-
-static const char *choice_member(const char *k, size_t kn, const char *v, const char *end, void *arg)
-{
-    choice_read *c = arg;
-    if (!c->delta_seen && NAME_IS(k, kn, "delta")) {
-        c->delta_seen = true;
-        return v < end && *v == '{' ? step_members(v, end, delta_member, c) : ag_json_skip_value(v, end);
-    }
-    if (!c->text_seen && NAME_IS(k, kn, "text")) {
-        c->text_seen = true;
-        return string_value(v, end, &c->text);
-    }
-    if (!c->index_seen && NAME_IS(k, kn, "index")) {
-        c->index_seen = true;
-        const char *q = ag_json_skip_value(v, end);
-        if (q && (*v == '-' || (*v >= '0' && *v <= '9'))) {
-            for (const char *d = v; d < q; d++) {
-                if (*d == '.' || *d == 'e' || *d == 'E')
-                    return NULL; /* whether cJSON's double is 0 is its to say */
-                if (*d >= '1' && *d <= '9')
-                    c->other_index = true;
-            }
-        }
-        return q;
-    }
-    return ag_json_skip_value(v, end);
-}
-
-/* The first "choices" array, at v (its '['). */
-static const char *choices_value(const char *v, const char *end, chunk_read *cr)
-{
-    const char *p = ag_json_skip_ws(v + 1, end);
-    if (p < end && *p == ']')
-        return p + 1;
-    for (;;) {
-        if (p >= end)
-            return NULL;
-        choice_read c = {0};
-        p = *p == '{' ? step_members(p, end, choice_member, &c) : ag_json_skip_value(p, end);
-        if (!p)
-            return NULL;
-        cr->nchoices++;
-        if (cr->want_text && !c.other_index) { /* the audit keeps choice 0 */
-            if (cr->ntexts + 2 > sizeof cr->texts / sizeof *cr->texts)
-                return NULL;
-            if (c.content.tok)
-                cr->texts[cr->ntexts++] = c.content;
-            if (c.text.tok)
-                cr->texts[cr->ntexts++] = c.text;
-        }
-        p = ag_json_skip_ws(p, end);
-        if (p < end && *p == ',') {
-            p = ag_json_skip_ws(p + 1, end);
-            continue;
-        }
-        return p < end && *p == ']' ? p + 1 : NULL;
-    }
-}
-
-static const char *top_member(const char *k, size_t kn, const char *v, const char *end, void *arg)
-{
-    chunk_read *cr = arg;
-    if (NAME_IS(k, kn, "type"))
-        return NULL; /* a Responses API event, or one that could be read as one */
-    if (!cr->choices_seen && NAME_IS(k, kn, "choices")) {
-        cr->choices_seen = true;
-        if (v < end && *v == '[') {
-            cr->choices_array = true;
-            return choices_value(v, end, cr);
-        }
-    } else if (!cr->usage_seen && NAME_IS(k, kn, "usage")) {
-        cr->usage_seen = true;
-        if (v < end && *v == '{')
-            cr->usage = v;
-    }
-    return ag_json_skip_value(v, end);
-}
+/* ---- streamed chat chunks, read in place (chat_chunk.h) ----
+ * With the audit's text capture on, every event of a stream is read for its text: a tree of each
+ * would cost four times the reading below. */
 
 /* Appends a string token's text: its bytes as they are, or, with an escape, cJSON's reading of
  * the token alone (nodes from arena when given). */
-static void add_token(ag_request *r, const chunk_string *s, ag_json_arena *arena)
+static void add_token(ag_request *r, ag_chunk_value s, ag_json_arena *arena)
 {
-    if (!memchr(s->tok + 1, '\\', s->len - 2)) {
-        ag_request_add_completion(r, s->tok + 1, s->len - 2);
+    if (!ag_chunk_has_escape(s)) {
+        ag_request_add_completion(r, s.tok + 1, s.len - 2);
         return;
     }
     if (arena)
         ag_json_arena_enter(arena);
-    cJSON *str = cJSON_ParseWithLengthOpts(s->tok, s->len, NULL, false);
+    cJSON *str = cJSON_ParseWithLengthOpts(s.tok, s.len, NULL, false);
     ag_json_arena_leave();
     add_string(r, str);
     cJSON_Delete(str);
@@ -464,18 +301,35 @@ static void add_token(ag_request *r, const chunk_string *s, ag_json_arena *arena
         ag_json_arena_reset(arena);
 }
 
-/* The event (a '{' first) read in place: 1 for the usage-only chunk, 0 for another, -1 when it is
- * left to cJSON (nothing was taken from it then). */
-static int chunk_in_place(ag_request *r, const char *data, size_t len, ag_json_arena *arena)
+/* The event (a '{' first) read in place: what event_usage() takes from its tree. 1 for the
+ * usage-only chunk, 0 for another, -1 when it is left to cJSON (nothing was taken from it then). */
+static int chunk_in_place(ag_request *r, const ag_chat_chunk *chunk, const char *data, size_t len,
+                          ag_json_arena *arena)
 {
-    const char *end = data + len;
-    chunk_read cr = {.want_text = r->want_text};
-    if (!step_members(data, end, top_member, &cr))
-        return -1; /* bytes after the object do not matter: cJSON reads the object alone too */
-    for (size_t i = 0; i < cr.ntexts; i++)
-        add_token(r, &cr.texts[i], arena);
-    int found = cr.usage ? usage_object_read(r, cr.usage, end) : 0;
-    return found && cr.choices_array && cr.nchoices == 0;
+    const ag_chat_chunk *ck = chunk;
+    bool keep[AG_CHAT_CHUNK_CHOICES];
+    for (size_t i = 0; i < ck->nchoices; i++) {
+        ag_chunk_value idx = ck->choice[i].index;
+        if (ag_chunk_is_number(idx) && !ag_chunk_is_integer(idx))
+            return -1; /* whether cJSON's double is 0 is its to say */
+        keep[i] = true; /* the audit keeps choice 0, and a choice with an index that is not a number */
+        for (size_t k = 0; ag_chunk_is_number(idx) && k < idx.len; k++)
+            if (idx.tok[k] >= '1' && idx.tok[k] <= '9')
+                keep[i] = false;
+    }
+    if (r->want_text) {
+        for (size_t i = 0; i < ck->nchoices; i++) {
+            const ag_chunk_choice *c = &ck->choice[i];
+            if (!keep[i])
+                continue;
+            if (ag_chunk_is_string(c->content))
+                add_token(r, c->content, arena);
+            if (ag_chunk_is_string(c->text))
+                add_token(r, c->text, arena);
+        }
+    }
+    int found = ag_chunk_is_object(ck->usage) ? usage_object_read(r, ck->usage.tok, data + len) : 0;
+    return found && ag_chunk_is_array(ck->choices) && ck->nchoices == 0;
 }
 
 int ag_usage_from_sse_event_tree(ag_request *r, const ag_sse_event *ev)
@@ -496,16 +350,29 @@ int ag_usage_from_sse_event_tree(ag_request *r, const ag_sse_event *ev)
     return usage_only;
 }
 
-int ag_usage_from_sse_event(ag_request *r, const ag_sse_event *ev)
+int ag_usage_from_sse_event_read(ag_request *r, const ag_sse_event *ev, const ag_chat_chunk *ck)
 {
     if (ev->data_len == 0 || ev->data[0] != '{')
         return 0; /* "[DONE]" among them */
+    int usage_only = ck ? chunk_in_place(r, ck, ev->data, ev->data_len, r->worker ? &r->worker->event_arena : NULL)
+                        : -1;
+    if (usage_only >= 0)
+        return usage_only;
+    if (!r->want_text && !has_usage_object(ev->data, ev->data_len))
+        return 0; /* without the text only usage matters, and there is none */
+    return ag_usage_from_sse_event_tree(r, ev);
+}
+
+int ag_usage_from_sse_event(ag_request *r, const ag_sse_event *ev)
+{
+    if (ev->data_len == 0 || ev->data[0] != '{')
+        return 0;
     if (!r->want_text) {
         /* Without an audit trail only usage matters: most chunks carry none ("usage":null or no
          * key), so they are not read at all. */
         if (!has_usage_object(ev->data, ev->data_len))
             return 0;
     }
-    int usage_only = chunk_in_place(r, ev->data, ev->data_len, r->worker ? &r->worker->event_arena : NULL);
-    return usage_only >= 0 ? usage_only : ag_usage_from_sse_event_tree(r, ev);
+    ag_chat_chunk ck;
+    return ag_usage_from_sse_event_read(r, ev, ag_chat_chunk_read(ev->data, ev->data_len, &ck) ? &ck : NULL);
 }

@@ -350,7 +350,7 @@ static const char *skip_value(const char *p, const char *end, int depth)
     char c = *p;
     if (c == '"') {
         for (p++; p < end; p++) {
-            p += ag_json_plain_prefix(p, (size_t)(end - p)); /* ordinary text, eight bytes at a time */
+            p += ag_json_plain_prefix(p, (size_t)(end - p)); /* ordinary text, sixteen bytes at a time */
             if (p >= end)
                 break;
             unsigned char b = (unsigned char)*p;

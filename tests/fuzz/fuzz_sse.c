@@ -3,8 +3,9 @@
  * policy rewriter for streamed chat chunks and Responses events (ag_policy_sse_*, policy_stream.c).
  *
  * Input: byte 0 seeds how the stream is cut into reads, its bit 0 turns the audit's text capture
- * on and its bit 7 the policy rewriter; the rest is the byte stream as the upstream sends it
- * (after HTTP de-chunking).
+ * on, its bit 7 the policy rewriter and its bit 6 (with bit 7) the comparison of the rewriter's
+ * in-place path with its tree path; the rest is the byte stream as the upstream sends it (after
+ * HTTP de-chunking).
  * Oracles besides the sanitizers:
  *   - cutting the stream differently never changes the events (sse.h: "events may be split at any
  *     byte"): the transcript fed whole must equal the transcript fed in pieces, including whether
@@ -12,12 +13,15 @@
  *   - usage counts are never negative and the completion text never exceeds its bound;
  *   - with the text wanted (bit 0 of byte 0), the in-place reading of each event gives the usage,
  *     verdict and text that the event's cJSON tree gives;
- *   - an event payload the policy rewrote serialises to strict JSON again. */
+ *   - an event payload the policy rewrote serialises to strict JSON again;
+ *   - with bit 6, chat chunks rewritten in place (spliced) give the JSON the tree path gives, the
+ *     same held text at [DONE] and the same decisions. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "aoai_guard/chat_chunk.h"
 #include "aoai_guard/json_strict.h"
 #include "aoai_guard/policy.h"
 #include "aoai_guard/policy_stream.h"
@@ -51,6 +55,7 @@ typedef struct transcript {
     ag_request *req;
     ag_request *ref; /* with the text wanted: the same events through the tree (the oracle) */
     ag_policy_sse *psse;
+    ag_policy_sse *tree; /* bit 6 of byte 0: psse takes the in-place path, tree the tree path */
     bool tainted; /* an earlier payload was not strict JSON: held-back text may carry its bytes */
 } transcript;
 
@@ -83,8 +88,101 @@ static void strict_json_or_trap(const char *s)
     cJSON_Delete(j);
 }
 
+/* "<before>\n<payload>": what a rewriter sends for one event, as text; "=" for a payload sent as
+ * it came. Traps when out of memory. */
+static char *joined(const char *before, const char *payload)
+{
+    size_t bn = before ? strlen(before) : 0, pn = payload ? strlen(payload) : 1;
+    char *s = malloc(bn + pn + 2);
+    if (!s)
+        __builtin_trap();
+    memcpy(s, before ? before : "", bn);
+    s[bn] = '\n';
+    memcpy(s + bn + 1, payload ? payload : "=", pn);
+    s[bn + 1 + pn] = '\0';
+    return s;
+}
+
+/* What a rewriter sends for one event, by the tree path or, with in_place, by
+ * ag_policy_sse_rewrite_chunk first (the tree for what it leaves), a spliced payload printed as
+ * cJSON prints it; "(failed)" when the rewriter fails (the stream would be cut). Traps on a spliced
+ * payload that is not one JSON object. */
+static char *sent(ag_policy_sse *sse, const ag_sse_event *ev, bool in_place)
+{
+    ag_chat_chunk ck;
+    int rc = -2;
+    char *p = NULL, *out;
+    size_t pn = 0;
+    if (in_place && ag_chat_chunk_read(ev->data, ev->data_len, &ck))
+        rc = ag_policy_sse_rewrite_chunk(sse, F.scratch, ev->data, &ck, &p, &pn);
+    if (rc == -1)
+        return strdup("(failed)"); /* the stream would be cut: the tree path must fail alike */
+    if (rc == 1) {
+        const char *end = NULL;
+        cJSON *j = cJSON_ParseWithLengthOpts(p, pn, &end, false);
+        if (!j || end != p + pn)
+            __builtin_trap(); /* the splice broke the payload */
+        char *s = cJSON_PrintUnformatted(j);
+        out = joined(NULL, s);
+        cJSON_free(s);
+        cJSON_Delete(j);
+        free(p);
+        return out;
+    }
+    if (rc == 0)
+        return joined(NULL, NULL);
+    cJSON *j = cJSON_ParseWithLength(ev->data, ev->data_len);
+    if (!j)
+        return joined(NULL, NULL);
+    cJSON *before = NULL;
+    rc = ag_policy_sse_rewrite(sse, F.scratch, j, &before);
+    if (rc < 0) {
+        cJSON_Delete(before);
+        cJSON_Delete(j);
+        return strdup("(failed)");
+    }
+    char *b = before ? cJSON_PrintUnformatted(before) : NULL, *d = rc == 1 ? cJSON_PrintUnformatted(j) : NULL;
+    out = joined(b, d);
+    cJSON_free(b);
+    cJSON_free(d);
+    cJSON_Delete(before);
+    cJSON_Delete(j);
+    return out;
+}
+
+/* The in-place rewrite of chat chunks (ag_policy_sse_rewrite_chunk) sends what the tree path
+ * sends and keeps the same state: both run on the same events, each with its own rewriter. */
+static void compare_in_place(transcript *t, const ag_sse_event *ev)
+{
+    if (ev->data_len == 6 && memcmp(ev->data, "[DONE]", 6) == 0) {
+        bool err1 = false, err2 = false;
+        cJSON *h1 = ag_policy_sse_end(t->tree, F.scratch, &err1), *h2 = ag_policy_sse_end(t->psse, F.scratch, &err2);
+        char *s1 = h1 ? cJSON_PrintUnformatted(h1) : NULL, *s2 = h2 ? cJSON_PrintUnformatted(h2) : NULL;
+        if (err1 != err2 || !s1 != !s2 || (s1 && strcmp(s1, s2) != 0)) {
+            fprintf(stderr, "END TREE %s\nINPLACE %s\n", s1 ? s1 : "-", s2 ? s2 : "-");
+            __builtin_trap();
+        }
+        cJSON_free(s1);
+        cJSON_free(s2);
+        cJSON_Delete(h1);
+        cJSON_Delete(h2);
+        return;
+    }
+    char *a = sent(t->tree, ev, false), *b = sent(t->psse, ev, true);
+    if (strcmp(a, b) != 0) {
+        fprintf(stderr, "EVENT %.*s\nTREE %s\nINPLACE %s\n", (int)ev->data_len, ev->data, a, b);
+        __builtin_trap();
+    }
+    free(a);
+    free(b);
+}
+
 static void rewrite(transcript *t, const ag_sse_event *ev)
 {
+    if (t->tree) {
+        compare_in_place(t, ev);
+        return;
+    }
     /* Only streams whose payloads were all strict JSON must stay strict: the hold-back window
      * carries text from one event into the next, so an earlier invalid byte may surface later. */
     if (!(ev->data_len == 6 && memcmp(ev->data, "[DONE]", 6) == 0)) {
@@ -234,11 +332,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         whole.ref->want_text = true;
     }
-    ag_policy_sse psse;
+    ag_policy_sse psse, tree;
     ag_policy_call call = {.identity = NULL, .deployment = "gpt-4o-mini", .operation = "chat/completions"};
     if (with_policy) {
         ag_policy_sse_init(&psse, F.pol, &call);
         whole.psse = &psse;
+        if (data[0] & 0x40) {
+            ag_policy_sse_init(&tree, F.pol, &call);
+            whole.tree = &tree;
+        }
     }
     int rc_whole = run(s, n, 0, &whole);
     int rc_pieces = run(s, n, seed ? seed : 1, &pieces);
@@ -253,6 +355,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ag_policy_sse_decisions(&psse, &dec);
         if (dec.count > AG_POLICY_MAX_DECISIONS)
             __builtin_trap();
+        if (whole.tree) {
+            ag_policy_decisions tdec;
+            memset(&tdec, 0, sizeof tdec);
+            ag_policy_sse_decisions(&tree, &tdec);
+            if (memcmp(&dec, &tdec, sizeof dec) != 0 || psse.overflow != tree.overflow)
+                __builtin_trap(); /* the in-place path decided otherwise */
+            ag_policy_sse_free(&tree);
+        }
         ag_policy_sse_free(&psse);
     }
     if (whole.req->completion_len > 1024 * 1024)

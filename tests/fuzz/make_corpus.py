@@ -486,6 +486,13 @@ def sse_seeds():
         "not-json": (0xa9, "data: {not json\n\ndata: [DONE]\n\n"),
         # Azure's own key order and content filter results, escapes and raw UTF-8 in the deltas, a
         # duplicate key and a fractional index: the in-place reader's shapes, text capture on.
+        # Bit 6: the policy's in-place rewrite compared with its tree path.
+        "chat-in-place": (0xc3, chat),
+        "pem-in-place": (0xc5, pem),
+        "two-choices-in-place": (0xc7, chunk({"content": "a@b.example"}, idx=0) + chunk({"content": "forbidden "}, idx=1)
+                                 + chunk({"content": "words"}, idx=1) + chunk({}, "stop", idx=1) + "data: [DONE]\n\n"),
+        "nine-choices-in-place": (0xc9, "".join(chunk({"content": f"c{i} x@y.example"}, idx=i) for i in range(9))
+                                  + "data: [DONE]\n\n"),
         "azure-chunks": (0x01, prompt_filter + "".join(
             'data: {"choices":[{"content_filter_results":{"hate":{"filtered":false,"severity":"safe"}},'
             '"delta":{"content":%s},"finish_reason":null,"index":%s,"logprobs":null}],"created":1,'

@@ -32,6 +32,22 @@ static inline unsigned check_rnd(unsigned n)
     return (unsigned)(state % n);
 }
 
+/* A text built by appending (generated inputs): what does not fit is dropped; always terminated. */
+typedef struct check_text {
+    char buf[4096];
+    size_t len;
+} check_text;
+
+static inline void check_put(check_text *t, const char *s)
+{
+    size_t n = strlen(s);
+    if (t->len + n < sizeof t->buf) {
+        memcpy(t->buf + t->len, s, n);
+        t->len += n;
+        t->buf[t->len] = '\0';
+    }
+}
+
 #define CHECK_DONE() (fprintf(stderr, "%d checks, %d failed\n", check_count, check_failures), \
     (check_failures == 0 && check_count > 0) ? 0 : 1)
 

@@ -408,6 +408,146 @@ static void test_sse_responses(void)
     ag_policy_free(pol);
 }
 
+/* ---- chat chunks rewritten in place (ag_policy_sse_rewrite_chunk) against the tree path ---- */
+
+
+static void gany(check_text *g, const char *const *pool, size_t n)
+{
+    check_put(g, pool[check_rnd((unsigned)n)]);
+}
+#define GANY(g, pool) gany((g), (pool), sizeof(pool) / sizeof *(pool))
+
+/* Text pieces that make matches split over deltas, with escapes and raw UTF-8. */
+static const char *const pieces[] = {
+    "\"Mail jane.d\"", "\"oe@exam\"", "\"ple.com now\"", "\" top \"", "\"secret\\n\"", "\"AKIAIOSF\"",
+    "\"ODNN7EXAMPLE ok\"", "\"-----BEGIN RSA PRIVATE KEY-----\\nMIIEow\"", "\"\\n-----END RSA PRIVATE KEY-----\\n\"",
+    "\"4111 1111 \"", "\"1111 1111\"", "\"caf\xc3\xa9 \\\"q\\\" \\\\ \\/ \"", "\"\"", "\" plain words \"",
+    "\"10.1.2.3 \"", "\"\\u00e9\"", "null", "7",
+};
+
+static void gchoice(check_text *g, int i)
+{
+    static const char *const idx[] = {"0", "0", "1", "2", "-0", "1.5", "1e0", "\"0\"", "null", "1000000",
+                                      "99999999999999999999", "9", "12", "30", "31", "47"};
+    check_put(g, "{");
+    int first = 1;
+    for (int m = (int)check_rnd(5) + 1; m > 0; m--) {
+        check_put(g, first ? "" : ",");
+        first = 0;
+        switch (check_rnd(8)) {
+        case 0:
+            check_put(g, "\"index\":");
+            if (check_rnd(3)) {
+                char b[16];
+                snprintf(b, sizeof b, "%d", i);
+                check_put(g, b);
+            }
+            else
+                GANY(g, idx);
+            break;
+        case 1: case 2: case 3:
+            check_put(g, "\"delta\":");
+            switch (check_rnd(10)) {
+            case 0: check_put(g, "null"); break;
+            case 1: check_put(g, "{}"); break;
+            case 2: check_put(g, "{ }"); break;
+            case 3: check_put(g, "{\"role\":\"assistant\"}"); break;
+            default:
+                check_put(g, check_rnd(2) ? "{\"content\":" : "{\"role\":\"assistant\",\"content\":");
+                GANY(g, pieces);
+                check_put(g, check_rnd(6) ? "}" : ",\"content\":\"dup\"}");
+            }
+            break;
+        case 4:
+            check_put(g, "\"text\":");
+            GANY(g, pieces);
+            break;
+        case 5:
+            check_put(g, check_rnd(3) ? "\"finish_reason\":null" : "\"finish_reason\":\"stop\"");
+            break;
+        case 6:
+            check_put(g, "\"content_filter_results\":{\"hate\":{\"filtered\":false,\"severity\":\"safe\"}}");
+            break;
+        default:
+            check_put(g, "\"logprobs\":null");
+        }
+    }
+    check_put(g, "}");
+}
+
+static void gchunk(check_text *g)
+{
+    static const char *const ids[] = {"\"chatcmpl-1\"", "\"\"", "\"chat\\/1\"", "7"};
+    static const char *const models[] = {"\"gpt-4o\"", "\"gpt-4o-mini-2024-07-18\"", "\"m\\u00e9\""};
+    static const char *const created[] = {"1700000000", "0", "1.5e9", "-3", "\"x\"",
+                                          "1234567890123456789012345678901234567890123456789012345678901234567"};
+    static const char *const tails[] = {"", "", "", "", " ", "x", "}"};
+    g->len = 0;
+    check_put(g, "{");
+    int first = 1;
+    for (int m = (int)check_rnd(6) + 1; m > 0; m--) {
+        check_put(g, first ? "" : ",");
+        first = 0;
+        switch (check_rnd(10)) {
+        case 0: case 1: case 2: case 3: {
+            check_put(g, "\"choices\":[");
+            int n = check_rnd(6) ? 1 : (int)check_rnd(11);
+            for (int i = 0; i < n; i++) {
+                check_put(g, i ? ", " : "");
+                if (check_rnd(20))
+                    gchoice(g, i);
+                else
+                    check_put(g, "null");
+            }
+            check_put(g, "]");
+            break;
+        }
+        case 4: check_put(g, "\"id\":"); GANY(g, ids); break;
+        case 5: check_put(g, "\"model\":"); GANY(g, models); break;
+        case 6: check_put(g, "\"created\":"); GANY(g, created); break;
+        case 7: check_put(g, "\"usage\":null"); break;
+        case 8: check_put(g, "\"object\":\"chat.completion.chunk\""); break;
+        default: check_put(g, check_rnd(5) ? "\"system_fingerprint\":\"fp\"" : "\"type\":\"other\"");
+        }
+    }
+    check_put(g, "}");
+    GANY(g, tails);
+}
+
+/* One event through the tree path as forward.c takes it; the payloads sent are appended to out
+ * (NUL-separated), printed trees as cJSON prints them. -1 on failure. */
+static int tree_event(ag_policy_sse *sse, const char *data, size_t len, check_text *out)
+{
+    cJSON *d = len && data[0] == '{' ? cJSON_ParseWithLength(data, len) : NULL;
+    if (!d) {
+        check_put(out, "raw:");
+        check_put(out, data);
+        check_put(out, "\n");
+        return 0;
+    }
+    cJSON *before = NULL;
+    int rc = ag_policy_sse_rewrite(sse, S, d, &before);
+    if (before) {
+        char *p = cJSON_PrintUnformatted(before);
+        check_put(out, p);
+        check_put(out, "\n");
+        cJSON_free(p);
+        cJSON_Delete(before);
+    }
+    if (rc == 1) {
+        char *p = cJSON_PrintUnformatted(d);
+        check_put(out, p);
+        check_put(out, "\n");
+        cJSON_free(p);
+    } else if (rc == 0) {
+        check_put(out, "raw:");
+        check_put(out, data);
+        check_put(out, "\n");
+    }
+    cJSON_Delete(d);
+    return rc < 0 ? -1 : 0;
+}
+
 /* A run of continuation bytes longer than the hold-back (not UTF-8: an upstream's garbage) must
  * not stop the emission: the boundary steps back over one character's worth of them at most. */
 static void test_invalid_utf8_run(void)
@@ -437,6 +577,93 @@ static void test_invalid_utf8_run(void)
     ag_policy_free(pol);
 }
 
+static void test_sse_chunk_in_place(void)
+{
+    static const char *const policies[2] = {
+        NULL, /* POLICY, with a short hold-back so that text moves between events */
+        "{\"rules\":[{\"name\":\"req\",\"detector\":\"email\",\"action\":\"redact\",\"apply_to\":\"request\"}]}",
+    };
+    char *short_holdback = strdup(POLICY);
+    memcpy(strstr(short_holdback, "128"), "016", 3);
+    ag_policy *pols[2] = {mkpol(short_holdback), mkpol(policies[1])};
+    free(short_holdback);
+    ag_policy_call call = {NULL, "gpt-4o", "chat/completions"};
+    int diffs = 0, spliced = 0, unchanged = 0, tree = 0;
+    for (int stream = 0; stream < 4000; stream++) {
+        ag_policy *pol = pols[stream % 5 == 4];
+        ag_policy_sse a, b;
+        ag_policy_sse_init(&a, pol, &call);
+        ag_policy_sse_init(&b, pol, &call);
+        check_text out_a = {.len = 0}, out_b = {.len = 0};
+        bool failed = false;
+        for (int e = (int)check_rnd(12) + 1; e > 0 && !failed; e--) {
+            check_text ev;
+            gchunk(&ev);
+            if (check_rnd(8) == 0) { /* a mutated byte */
+                static const char alphabet[] = "{}[]\",:\\ 0123456789.e-tnulr\n";
+                ev.buf[check_rnd((unsigned)ev.len)] = alphabet[check_rnd(sizeof alphabet - 1)];
+            }
+            failed |= tree_event(&a, ev.buf, ev.len, &out_a) != 0;
+            char *p = NULL;
+            size_t pn = 0;
+            ag_chat_chunk ck;
+            int rc = ag_chat_chunk_read(ev.buf, ev.len, &ck) ? ag_policy_sse_rewrite_chunk(&b, S, ev.buf, &ck, &p, &pn)
+                                                             : -2;
+            if (rc == -2) {
+                tree++;
+                failed |= tree_event(&b, ev.buf, ev.len, &out_b) != 0;
+            } else if (rc == 0) {
+                unchanged++;
+                check_put(&out_b, "raw:");
+                check_put(&out_b, ev.buf);
+                check_put(&out_b, "\n");
+            } else if (rc == 1) {
+                spliced++;
+                CHECK(pn == strlen(p));
+                const char *t_end = NULL; /* the spliced payload is one object, printed as cJSON prints */
+                cJSON *t = cJSON_ParseWithLengthOpts(p, pn, &t_end, false);
+                CHECK(t_end == p + pn);
+                char *q = t ? cJSON_PrintUnformatted(t) : NULL;
+                check_put(&out_b, q ? q : "(not JSON)");
+                check_put(&out_b, "\n");
+                cJSON_free(q);
+                cJSON_Delete(t);
+                free(p);
+            } else {
+                failed = true;
+            }
+        }
+        CHECK(!failed);
+        bool err_a = false, err_b = false;
+        cJSON *end_a = ag_policy_sse_end(&a, S, &err_a), *end_b = ag_policy_sse_end(&b, S, &err_b);
+        char *pa = end_a ? cJSON_PrintUnformatted(end_a) : NULL, *pb = end_b ? cJSON_PrintUnformatted(end_b) : NULL;
+        check_put(&out_a, pa ? pa : "(nothing held)");
+        check_put(&out_b, pb ? pb : "(nothing held)");
+        cJSON_free(pa);
+        cJSON_free(pb);
+        cJSON_Delete(end_a);
+        cJSON_Delete(end_b);
+        ag_policy_decisions da, db;
+        memset(&da, 0, sizeof da);
+        memset(&db, 0, sizeof db);
+        ag_policy_sse_decisions(&a, &da);
+        ag_policy_sse_decisions(&b, &db);
+        if ((strcmp(out_a.buf, out_b.buf) != 0 || memcmp(&da, &db, sizeof da) != 0 || a.overflow != b.overflow ||
+             strcmp(a.id, b.id) != 0 || strcmp(a.model, b.model) != 0 || a.created != b.created) &&
+            diffs++ < 3)
+            fprintf(stderr, "  stream %d differs:\n--- tree\n%s\n--- in place\n%s\n", stream, out_a.buf, out_b.buf);
+        ag_policy_sse_free(&a);
+        ag_policy_sse_free(&b);
+    }
+    fprintf(stderr, "  in place: %d spliced, %d sent as they are, %d left to the tree\n", spliced, unchanged, tree);
+    CHECK_INT(diffs, 0);
+    CHECK(spliced > 3000);
+    CHECK(unchanged > 3000);
+    CHECK(tree > 1000);
+    ag_policy_free(pols[0]);
+    ag_policy_free(pols[1]);
+}
+
 int main(void)
 {
     S = ag_policy_scratch_new();
@@ -448,6 +675,7 @@ int main(void)
     test_sse_chat();
     test_sse_responses();
     test_invalid_utf8_run();
+    test_sse_chunk_in_place();
     ag_policy_scratch_free(S);
     return CHECK_DONE();
 }

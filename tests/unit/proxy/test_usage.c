@@ -80,28 +80,15 @@ static void check_usage(const char *usage_json, int present, long long p, long l
  * the text, usage and verdict that the tree of the whole event gives (ag_usage_from_sse_event_tree),
  * on Azure's chunks, on generated ones with every shape the reader distinguishes, and on mutations. */
 
-typedef struct gen {
-    char buf[2048];
-    size_t len;
-} gen;
-
-static void put(gen *g, const char *s)
-{
-    size_t n = strlen(s);
-    if (g->len + n < sizeof g->buf) {
-        memcpy(g->buf + g->len, s, n);
-        g->len += n;
-    }
-}
 
 /* JSON whitespace, now and then; rarely a control byte cJSON takes for space and strict JSON does not. */
-static void ws(gen *g)
+static void ws(check_text *g)
 {
     static const char *const w[] = {"", "", "", "", "", " ", "\n", "\t ", "\r\n  ", "\x01"};
-    put(g, w[rnd(sizeof w / sizeof *w)]);
+    check_put(g, w[rnd(sizeof w / sizeof *w)]);
 }
 
-static void str(gen *g)
+static void str(check_text *g)
 {
     static const char *const s[] = {
         "\"Hello\"", "\" world\"", "\"\"", "\"line\\nbreak\"", "\"a \\\"quote\\\" \\\\ and \\/\"",
@@ -109,105 +96,105 @@ static void str(gen *g)
         "\"tab\\tand\\b\\f\\r\"", "\"bad \\x escape\"", "\"raw\x02ctl\"", "null", "7", "[\"x\"]", "{\"content\":\"in\"}",
         "\"usage\\\":{\\\"prompt_tokens\\\":1}\"", "\"\xff\xfe bytes\"",
     };
-    put(g, s[rnd(sizeof s / sizeof *s)]);
+    check_put(g, s[rnd(sizeof s / sizeof *s)]);
 }
 
-static void key(gen *g, const char *name)
+static void key(check_text *g, const char *name)
 {
     ws(g);
-    put(g, "\"");
-    put(g, name);
-    put(g, "\"");
+    check_put(g, "\"");
+    check_put(g, name);
+    check_put(g, "\"");
     ws(g);
-    put(g, ":");
+    check_put(g, ":");
     ws(g);
 }
 
-static void index_value(gen *g)
+static void index_value(check_text *g)
 {
     static const char *const v[] = {"0", "0", "0", "1", "2", "-0", "0.0", "1e0", "0e5", "0.5", "1e-400", "10", "\"0\"", "null", "-1", "00"};
-    put(g, v[rnd(sizeof v / sizeof *v)]);
+    check_put(g, v[rnd(sizeof v / sizeof *v)]);
 }
 
-static void delta(gen *g)
+static void delta(check_text *g)
 {
     switch (rnd(8)) {
-    case 0: put(g, "null"); return;
+    case 0: check_put(g, "null"); return;
     case 1: str(g); return;
-    case 2: put(g, "[{\"content\":\"not a delta\"}]"); return;
+    case 2: check_put(g, "[{\"content\":\"not a delta\"}]"); return;
     default: break;
     }
-    put(g, "{");
+    check_put(g, "{");
     int n = (int)rnd(4), first = 1;
     for (int i = 0; i < n; i++) {
         if (!first)
-            put(g, ",");
+            check_put(g, ",");
         first = 0;
         switch (rnd(5)) {
-        case 0: key(g, "role"); put(g, "\"assistant\""); break;
-        case 1: key(g, "refusal"); put(g, "null"); break;
-        case 2: key(g, "tool_calls"); put(g, "[{\"index\":0,\"function\":{\"arguments\":\"{\\\"a\\\":1}\"}}]"); break;
+        case 0: key(g, "role"); check_put(g, "\"assistant\""); break;
+        case 1: key(g, "refusal"); check_put(g, "null"); break;
+        case 2: key(g, "tool_calls"); check_put(g, "[{\"index\":0,\"function\":{\"arguments\":\"{\\\"a\\\":1}\"}}]"); break;
         default: key(g, rnd(8) ? "content" : "cont\\u0065nt"); str(g); break;
         }
         ws(g);
     }
-    put(g, "}");
+    check_put(g, "}");
 }
 
-static void choice(gen *g)
+static void choice(check_text *g)
 {
     if (!rnd(16)) {
-        put(g, rnd(2) ? "null" : "\"choice\"");
+        check_put(g, rnd(2) ? "null" : "\"choice\"");
         return;
     }
-    put(g, "{");
+    check_put(g, "{");
     int n = 1 + (int)rnd(6), first = 1;
     for (int i = 0; i < n; i++) {
         if (!first)
-            put(g, ",");
+            check_put(g, ",");
         first = 0;
         switch (rnd(7)) {
         case 0: key(g, "index"); index_value(g); break;
         case 1: case 2: key(g, "delta"); delta(g); break;
         case 3: key(g, "text"); str(g); break;
-        case 4: key(g, "finish_reason"); put(g, rnd(2) ? "null" : "\"stop\""); break;
-        case 5: key(g, "logprobs"); put(g, "null"); break;
+        case 4: key(g, "finish_reason"); check_put(g, rnd(2) ? "null" : "\"stop\""); break;
+        case 5: key(g, "logprobs"); check_put(g, "null"); break;
         default:
             key(g, "content_filter_results");
-            put(g, "{\"hate\":{\"filtered\":false,\"severity\":\"safe\"},\"self_harm\":{\"filtered\":false}}");
+            check_put(g, "{\"hate\":{\"filtered\":false,\"severity\":\"safe\"},\"self_harm\":{\"filtered\":false}}");
             break;
         }
         ws(g);
     }
-    put(g, "}");
+    check_put(g, "}");
 }
 
-static void chunk(gen *g)
+static void chunk(check_text *g)
 {
     g->len = 0;
-    put(g, "{");
+    check_put(g, "{");
     int n = 1 + (int)rnd(7), first = 1;
     for (int i = 0; i < n; i++) {
         if (!first)
-            put(g, ",");
+            check_put(g, ",");
         first = 0;
         switch (rnd(12)) {
         case 0: case 1: case 2: {
             key(g, "choices");
             if (!rnd(10)) {
-                put(g, rnd(2) ? "null" : "{}");
+                check_put(g, rnd(2) ? "null" : "{}");
                 break;
             }
-            put(g, "[");
+            check_put(g, "[");
             int k = rnd(4) ? 1 : rnd(2) ? 0 : (int)rnd(15);
             for (int j = 0; j < k; j++) {
                 if (j)
-                    put(g, ",");
+                    check_put(g, ",");
                 ws(g);
                 choice(g);
                 ws(g);
             }
-            put(g, "]");
+            check_put(g, "]");
             break;
         }
         case 3: case 4: {
@@ -217,33 +204,33 @@ static void chunk(gen *g)
                 "{\"prompt_tokens\":5,\"completion_tokens_details\":{\"reasoning_tokens\":0},\"total_tokens\":9}",
                 "{\"prompt_tokens\":1.5,\"total_tokens\":2}", "{\"completion_tokens\":4}", "\"usage\"", "[]",
             };
-            put(g, u[rnd(sizeof u / sizeof *u)]);
+            check_put(g, u[rnd(sizeof u / sizeof *u)]);
             break;
         }
-        case 5: key(g, "id"); put(g, "\"chatcmpl-FAKE00000000000000001\""); break;
-        case 6: key(g, "created"); put(g, "1732800000"); break;
-        case 7: key(g, "model"); put(g, "\"gpt-4o-mini-2024-07-18\""); break;
-        case 8: key(g, "object"); put(g, "\"chat.completion.chunk\""); break;
+        case 5: key(g, "id"); check_put(g, "\"chatcmpl-FAKE00000000000000001\""); break;
+        case 6: key(g, "created"); check_put(g, "1732800000"); break;
+        case 7: key(g, "model"); check_put(g, "\"gpt-4o-mini-2024-07-18\""); break;
+        case 8: key(g, "object"); check_put(g, "\"chat.completion.chunk\""); break;
         case 9:
             key(g, "prompt_filter_results");
-            put(g, "[{\"prompt_index\":0,\"content_filter_results\":{\"hate\":{\"filtered\":false}}}]");
+            check_put(g, "[{\"prompt_index\":0,\"content_filter_results\":{\"hate\":{\"filtered\":false}}}]");
             break;
-        case 10: key(g, "system_fingerprint"); put(g, "\"fp_bench\""); break;
+        case 10: key(g, "system_fingerprint"); check_put(g, "\"fp_bench\""); break;
         default:
             if (rnd(4)) {
                 key(g, "type");
-                put(g, rnd(2) ? "\"response.output_text.delta\",\"delta\":\"typed\"" : "\"other\"");
+                check_put(g, rnd(2) ? "\"response.output_text.delta\",\"delta\":\"typed\"" : "\"other\"");
             } else {
                 key(g, "nested");
-                put(g, "{\"choices\":[{\"delta\":{\"content\":\"deep\"}}],\"usage\":{\"total_tokens\":1}}");
+                check_put(g, "{\"choices\":[{\"delta\":{\"content\":\"deep\"}}],\"usage\":{\"total_tokens\":1}}");
             }
             break;
         }
         ws(g);
     }
-    put(g, "}");
+    check_put(g, "}");
     static const char *const tail[] = {"", "", "", "", " ", "\n", "x", "}", " {}"};
-    put(g, tail[rnd(sizeof tail / sizeof *tail)]);
+    check_put(g, tail[rnd(sizeof tail / sizeof *tail)]);
 }
 
 typedef struct chunk_result {
@@ -314,11 +301,11 @@ static void test_chunks_in_place(void)
         free(ref.text);
     }
     /* Many choices, each with text: more than the reader keeps in place. */
-    gen many = {.len = 0};
-    put(&many, "{\"choices\":[");
+    check_text many = {.len = 0};
+    check_put(&many, "{\"choices\":[");
     for (int i = 0; i < 12; i++)
-        put(&many, i ? ",{\"delta\":{\"content\":\"c\"},\"text\":\"t\"}" : "{\"delta\":{\"content\":\"c\"},\"text\":\"t\"}");
-    put(&many, "]}");
+        check_put(&many, i ? ",{\"delta\":{\"content\":\"c\"},\"text\":\"t\"}" : "{\"delta\":{\"content\":\"c\"},\"text\":\"t\"}");
+    check_put(&many, "]}");
     chunk_result got_many = take(r, many.buf, many.len, true, false);
     chunk_result ref_many = take(r, many.buf, many.len, true, true);
     CHECK(same_result(&got_many, &ref_many));
@@ -346,7 +333,7 @@ static void test_chunks_in_place(void)
     static const char alphabet[] = "{}[]\",:\\ 0123456789.e-tnulrfaspmo_\t\nE+/u";
     int diffs = 0, in_place = 0, plain = 0, with_text = 0, usage_only = 0;
     for (int iter = 0; iter < 60000; iter++) {
-        gen g;
+        check_text g;
         chunk(&g);
         if (iter % 3 == 2) {
             for (int e = 1 + (int)rnd(3); e > 0 && g.len > 2; e--) {

@@ -867,6 +867,15 @@ def run_bench(ctx):
                 token = f.read().strip()
             sc["full"] = scenario_throughput(ctx, "full", cfg_full, token=token, body=prompt_body(1024))
             sc["full16k"] = scenario_throughput(ctx, "full16k", cfg_full, token=token, body=prompt_body(16384))
+            # The same pipeline with the answer streamed back: the audit keeps the streamed text and
+            # the response policy reads (and holds back) every chunk.
+            ctx.upstream.configure(chunks=STREAM_CHUNKS)
+            try:
+                sc["fullstream"] = scenario_throughput(ctx, "fullstream", cfg_full, token=token,
+                                                       body=dict(prompt_body(1024), stream=True,
+                                                                 stream_options={"include_usage": True}))
+            finally:
+                ctx.upstream.reset()
             sc["full_latency"] = full_latency(ctx, token)
         else:
             sc["full"] = {"unavailable": "fake_entra did not start"}
@@ -1064,6 +1073,7 @@ def write_results(ctx, res, path):
     L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     names = [("plain", "1. plain (pure proxy)"), ("full", "2. full, 1 KB prompt (auth cached + limits + policy + audit)"),
              ("full16k", "2b. full, 16 KB prompt"),
+             ("fullstream", f"2c. full, 1 KB prompt, answer streamed ({STREAM_CHUNKS} chunks)"),
              ("cold", "3. cold tokens (a new token per request)"), ("stream", f"4. streaming ({STREAM_CHUNKS}-chunk SSE)")]
     ratios = []
     for key, title in names:
@@ -1102,7 +1112,7 @@ def write_results(ctx, res, path):
                  f"{fmt(ratio(p['aoai-guard']['rps'], p['haproxy']['rps']), '.2f')}×, CPU per request "
                  f"{fmt(ratio(p['aoai-guard']['cpu_per_10k'], p['haproxy']['cpu_per_10k']), '.2f')}×.")
         L.append("")
-    for key in ("plain", "full", "full16k", "cold", "stream"):
+    for key in ("plain", "full", "full16k", "fullstream", "cold", "stream"):
         s = sc.get(key)
         if s and "aoai-guard" in s:
             L.append(f"- {key}: req/s per round — " + "; ".join(

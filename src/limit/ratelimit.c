@@ -244,67 +244,68 @@ void ag_limiter_get_stats(const ag_limiter *l, ag_limiter_stats *out)
 
 /* ---- keys ---- */
 
-static void digest_str(EVP_MD_CTX *ctx, const char *s, bool lower)
+/* The key's preimage on its way into the digest: bytes gather in buf and go to the digest when it
+ * fills and at the end (one update for any ordinary key, instead of one per field). */
+typedef struct key_writer {
+    EVP_MD_CTX *ctx;
+    size_t n;
+    unsigned char buf[512];
+} key_writer;
+
+static void kw_byte(key_writer *w, unsigned char c)
 {
-    if (!s)
-        s = "";
-    if (!lower) {
-        EVP_DigestUpdate(ctx, s, strlen(s) + 1);
-        return;
+    if (w->n == sizeof w->buf) {
+        EVP_DigestUpdate(w->ctx, w->buf, w->n);
+        w->n = 0;
     }
-    char chunk[64];
-    size_t n = 0;
-    for (const char *p = s;; p++) {
-        char c = *p;
-        chunk[n++] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
-        if (n == sizeof chunk || c == '\0') {
-            EVP_DigestUpdate(ctx, chunk, n);
-            n = 0;
-        }
-        if (c == '\0')
-            break;
+    w->buf[w->n++] = c;
+}
+
+/* s and its NUL ("" for NULL), lower-cased when asked. */
+static void kw_str(key_writer *w, const char *s, bool lower)
+{
+    for (s = s ? s : "";; s++) {
+        unsigned char c = (unsigned char)*s;
+        kw_byte(w, lower && c >= 'A' && c <= 'Z' ? (unsigned char)(c - 'A' + 'a') : c);
+        if (!c)
+            return;
     }
 }
 
-/* Counter identity: SHA-256 of (version, policy, kind, period, key fields in canonical order). */
+static void kw_field(key_writer *w, bool on, char tag, const char *s, bool lower)
+{
+    if (on) {
+        kw_byte(w, (unsigned char)tag);
+        kw_str(w, s, lower);
+    }
+}
+
+/* Counter identity: SHA-256 of (version, policy, kind, period, key fields in canonical order). The
+ * digests are the counters' names in Redis, shared by every replica and kept across upgrades: the
+ * preimage's bytes must not change. */
 static void make_key(ag_limiter *l, const ag_limit_policy *p, ag_limit_kind kind, const ag_limit_request *req,
                      unsigned char out[AG_LIMIT_KEY_LEN])
 {
-    EVP_MD_CTX *ctx = l->md_ctx;
+    key_writer w = {.ctx = l->md_ctx, .n = 0};
+    EVP_DigestInit_ex2(w.ctx, l->sha256, NULL);
+    static const unsigned char version[] = "ag-rl";
+    for (size_t i = 0; i < sizeof version - 1; i++)
+        kw_byte(&w, version[i]);
+    kw_byte(&w, 1);
+    kw_byte(&w, (unsigned char)kind);
+    kw_byte(&w, (unsigned char)(kind == AG_LIMIT_KIND_QUOTA ? p->quota_period : 0));
+    kw_str(&w, p->name, false);
+    const ag_identity *id = req->id;
+    kw_field(&w, p->key_fields & AG_LIMIT_KEY_TID, 't', id ? id->tid : "", true);
+    kw_field(&w, p->key_fields & AG_LIMIT_KEY_OID, 'o', id ? id->oid : "", true);
+    kw_field(&w, p->key_fields & AG_LIMIT_KEY_APP, 'a', id ? id->app : "", true);
+    kw_field(&w, p->key_fields & AG_LIMIT_KEY_NAME, 'n', id ? id->name : "", false);
+    kw_field(&w, p->key_fields & AG_LIMIT_KEY_DEPLOYMENT, 'd', req->deployment, true);
+    kw_field(&w, p->key_fields & AG_LIMIT_KEY_OPERATION, 'p', req->operation, false);
+    EVP_DigestUpdate(w.ctx, w.buf, w.n);
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int len = 0;
-    unsigned char tag[3] = { 1, (unsigned char)kind,
-                             (unsigned char)(kind == AG_LIMIT_KIND_QUOTA ? p->quota_period : 0) };
-    EVP_DigestInit_ex2(ctx, l->sha256, NULL);
-    EVP_DigestUpdate(ctx, "ag-rl", 5);
-    EVP_DigestUpdate(ctx, tag, sizeof tag);
-    digest_str(ctx, p->name, false);
-    const ag_identity *id = req->id;
-    if (p->key_fields & AG_LIMIT_KEY_TID) {
-        EVP_DigestUpdate(ctx, "t", 1);
-        digest_str(ctx, id ? id->tid : "", true);
-    }
-    if (p->key_fields & AG_LIMIT_KEY_OID) {
-        EVP_DigestUpdate(ctx, "o", 1);
-        digest_str(ctx, id ? id->oid : "", true);
-    }
-    if (p->key_fields & AG_LIMIT_KEY_APP) {
-        EVP_DigestUpdate(ctx, "a", 1);
-        digest_str(ctx, id ? id->app : "", true);
-    }
-    if (p->key_fields & AG_LIMIT_KEY_NAME) {
-        EVP_DigestUpdate(ctx, "n", 1);
-        digest_str(ctx, id ? id->name : "", false);
-    }
-    if (p->key_fields & AG_LIMIT_KEY_DEPLOYMENT) {
-        EVP_DigestUpdate(ctx, "d", 1);
-        digest_str(ctx, req->deployment, true);
-    }
-    if (p->key_fields & AG_LIMIT_KEY_OPERATION) {
-        EVP_DigestUpdate(ctx, "p", 1);
-        digest_str(ctx, req->operation, false);
-    }
-    EVP_DigestFinal_ex(ctx, md, &len);
+    EVP_DigestFinal_ex(w.ctx, md, &len);
     memcpy(out, md, AG_LIMIT_KEY_LEN);
 }
 
@@ -515,7 +516,8 @@ ag_limit_status ag_limiter_admit(ag_limiter *l, const ag_limit_policies *policie
                 continue;
             ag_limit_op *op = &t->ops[k++];
             make_key(l, p, lims[j].kind, req, op->key);
-            snprintf(op->policy, sizeof op->policy, "%s", p->name);
+            _Static_assert(sizeof op->policy == sizeof p->name, "a policy name fits the op's copy");
+            memcpy(op->policy, p->name, sizeof op->policy); /* NUL-terminated by the config parser */
             op->kind = lims[j].kind;
             op->period = p->quota_period;
             op->limit = lims[j].limit;

@@ -21,6 +21,7 @@
 
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
+#include <openssl/evp.h>
 
 #include "aoai_guard/json_strict.h"
 #include "aoai_guard/ratelimit.h"
@@ -548,6 +549,52 @@ static void check_outage(replica *open_r, replica *closed_r, const char *what, l
     CHECK(st.unavailable >= 1);
 }
 
+/* The counters' names in Redis are shared by every replica and kept across upgrades: the digest of
+ * a key's preimage must not change. The preimage is rebuilt here byte by byte from its definition
+ * (ratelimit.c make_key: "ag-rl", version 1, kind, quota period, the policy name, then each key
+ * field in canonical order as a tag letter and its value, tid/oid/app/deployment lower-cased, every
+ * string with its NUL) and the counter must exist under the name it gives. */
+static void test_key_names(void)
+{
+    replica k;
+    CHECK(replica_open(&k, "K", "fail_open", false,
+                       "{\"name\":\"all-keys\",\"key\":[\"tid\",\"oid\",\"app\",\"name\",\"deployment\",\"operation\"],"
+                       "\"requests_per_minute\":10}"));
+    replica *rs[1] = { &k };
+    CHECK(wait_connected(rs, 1, mono_ms() + 3000));
+    ag_identity u = ident("Tenant-A", "App-B", "User-C");
+    snprintf(u.name, sizeof u.name, "%s", "Svc Name");
+    ag_limit_request req = { &u, "GPT-4o", "chat/completions", body108 };
+    pending p;
+    memset(&p, 0, sizeof p);
+    p.status = ag_limiter_admit(k.lim, k.cfg.policies, &req, &p.result, &p.ticket, on_done, &p);
+    p.done = p.status == AG_LIMIT_DONE;
+    CHECK(wait_all(rs, 1, &p, 1, mono_ms() + 2000));
+    CHECK_INT(p.result.verdict, AG_LIMIT_ADMITTED);
+    ag_limit_finish(p.ticket, AG_LIMIT_USAGE_UNKNOWN);
+
+    static const char pre[] = "ag-rl\x01\x00\x00" "all-keys\0" "ttenant-a\0" "ouser-c\0" "aapp-b\0" "nSvc Name\0"
+                              "dgpt-4o\0" "pchat/completions\0";
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    CHECK(EVP_Digest(pre, sizeof pre - 1, md, &mdlen, EVP_sha256(), NULL) == 1);
+    char name[128] = "EXISTS t:all-keys:rpm:";
+    for (int i = 0; i < AG_LIMIT_KEY_LEN; i++)
+        snprintf(name + strlen(name), 3, "%02x", md[i]);
+    struct timeval tv = { 1, 0 };
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", redis_port, tv);
+    redisReply *r = c && !c->err ? redisCommand(c, name) : NULL;
+    CHECK(r != NULL && r->type == REDIS_REPLY_INTEGER);
+    if (r && r->type == REDIS_REPLY_INTEGER && r->integer != 1)
+        fprintf(stderr, "  no counter named %s\n", name + 7);
+    CHECK(r != NULL && r->integer == 1);
+    if (r)
+        freeReplyObject(r);
+    if (c)
+        redisFree(c);
+    replica_close(&k);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -578,6 +625,7 @@ int main(void)
     test_lua_calendar();
     test_cancel_and_free(&a);
     test_noscript(&a);
+    test_key_names();
     ag_limiter_stats st;
     ag_limiter_get_stats(a.lim, &st);
     CHECK_INT(st.fallback_decisions, 0);

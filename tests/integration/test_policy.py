@@ -121,6 +121,18 @@ class Policy(GatewayTestCase):
         self.assertNotIn("carol@", b.decode())
         self.assertTrue(b.decode().rstrip().endswith("data: [DONE]"))
         self.assertIn("pii-email:redact:1:resp", self.access()["policy_decisions"])
+        # Escapes, quotes and non-ASCII text in the chunks (each chunk's text is spliced back into
+        # its own bytes, escaped again); the address split over chunks is still found whole.
+        self.up.configure(reply_text='Line one\nwrite "dan@example.org" — caf\u00e9\\ok', chunks=15)
+        st, h, b = self.call("who?", stream=True)
+        self.assertEqual(st, 200)
+        text = ""
+        for line in b.decode().splitlines():
+            if line.startswith("data: {"):
+                for c in json.loads(line[6:]).get("choices", []):
+                    text += (c.get("delta") or {}).get("content") or ""
+        self.assertEqual(text, 'Line one\nwrite "[REDACTED:email]" — caf\u00e9\\ok')
+        self.assertNotIn("dan@", b.decode())
 
 
 class AuditCapture(GatewayTestCase):

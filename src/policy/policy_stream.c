@@ -1,4 +1,5 @@
 /* Response-side rules on SSE streams with a bounded hold-back window (see policy_stream.h). */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -459,6 +460,14 @@ static int rewrite_chat(ag_policy_sse *sse, ag_policy_scratch *s, cJSON *data)
  * cJSON's 63-byte number buffer. */
 static bool token_double(ag_chunk_value v, double *out)
 {
+    bool neg = v.tok[0] == '-';
+    if (v.len - neg <= 15 && ag_chunk_is_integer(v)) { /* exact in a double, as strtod gives it */
+        uint64_t n = 0;
+        for (size_t i = neg; i < v.len; i++)
+            n = n * 10 + (uint64_t)(v.tok[i] - '0');
+        *out = neg ? -(double)n : (double)n;
+        return true;
+    }
     char buf[64];
     if (v.len >= sizeof buf)
         return false;
@@ -499,12 +508,22 @@ typedef struct chunk_edit {
 static chunk_edit text_edit(const ag_chunk_value *node, ag_chunk_value delta, const char *val)
 {
     chunk_edit e = {0};
-    cJSON *str = cJSON_CreateString(val);
-    char *tok = str ? cJSON_PrintUnformatted(str) : NULL;
-    cJSON_Delete(str);
-    if (!tok)
-        return e;
-    size_t tn = strlen(tok);
+    size_t vn = strlen(val), tn;
+    char *tok;
+    if (ag_json_plain_prefix(val, vn) == vn) { /* nothing to escape: cJSON would print it as it is */
+        if (!(tok = cJSON_malloc(vn + 3)))
+            return e;
+        tok[0] = '"';
+        memcpy(tok + 1, val, vn);
+        memcpy(tok + 1 + vn, "\"", 2);
+    } else {
+        cJSON *str = cJSON_CreateString(val);
+        tok = str ? cJSON_PrintUnformatted(str) : NULL;
+        cJSON_Delete(str);
+        if (!tok)
+            return e;
+    }
+    tn = strlen(tok);
     if (node) {
         e.from = node->tok;
         e.to = node->tok + node->len;

@@ -28,7 +28,9 @@ const char *ag_json_status_str(ag_json_status status)
     return "unknown";
 }
 
-size_t ag_json_plain_prefix(const char *s, size_t len)
+/* The scan, inlined into this file's scanners: most strings they meet (keys, short values) end
+ * within the first sixteen bytes, where a call would cost more than the scan. */
+static inline size_t plain_prefix(const char *s, size_t len)
 {
     size_t i = 0;
 #if defined(__SSE2__)
@@ -60,6 +62,11 @@ size_t ag_json_plain_prefix(const char *s, size_t len)
     while (i < len && (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\')
         i++;
     return i;
+}
+
+size_t ag_json_plain_prefix(const char *s, size_t len)
+{
+    return plain_prefix(s, len);
 }
 
 size_t ag_utf8_valid_prefix(const unsigned char *s, size_t len)
@@ -164,7 +171,7 @@ static ag_json_status prescan(const char *buf, size_t len, const ag_json_limits 
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)buf[i];
         if (in_string) {
-            size_t plain = ag_json_plain_prefix(buf + i, len - i);
+            size_t plain = plain_prefix(buf + i, len - i);
             if (plain) {
                 i += plain - 1; /* the loop steps past the last plain byte */
                 continue;
@@ -350,7 +357,7 @@ static const char *skip_value(const char *p, const char *end, int depth)
     char c = *p;
     if (c == '"') {
         for (p++; p < end; p++) {
-            p += ag_json_plain_prefix(p, (size_t)(end - p)); /* ordinary text, sixteen bytes at a time */
+            p += plain_prefix(p, (size_t)(end - p)); /* ordinary text, sixteen bytes at a time */
             if (p >= end)
                 break;
             unsigned char b = (unsigned char)*p;
@@ -453,7 +460,7 @@ static const char *check_string(const char *p, const char *end, bool *escaped)
 {
     *escaped = false;
     for (p++; p < end; p++) {
-        p += ag_json_plain_prefix(p, (size_t)(end - p));
+        p += plain_prefix(p, (size_t)(end - p));
         if (p >= end)
             return NULL;
         unsigned char b = (unsigned char)*p;

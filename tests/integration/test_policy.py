@@ -112,12 +112,7 @@ class Policy(GatewayTestCase):
                                         r'"object":"chat.completion","prompt_filter_results":\[')
         self.assertIn(b'"usage":{"completion_tokens":', tail)
         st, h, b = self.call("who?", stream=True)
-        text = ""
-        for line in b.decode().splitlines():
-            if line.startswith("data: {"):
-                for c in json.loads(line[6:]).get("choices", []):
-                    text += (c.get("delta") or {}).get("content") or ""
-        self.assertEqual(text, "Reach [REDACTED:email] for the report.")
+        self.assertEqual(streamed_text(b), "Reach [REDACTED:email] for the report.")
         self.assertNotIn("carol@", b.decode())
         self.assertTrue(b.decode().rstrip().endswith("data: [DONE]"))
         self.assertIn("pii-email:redact:1:resp", self.access()["policy_decisions"])
@@ -126,13 +121,18 @@ class Policy(GatewayTestCase):
         self.up.configure(reply_text='Line one\nwrite "dan@example.org" — caf\u00e9\\ok', chunks=15)
         st, h, b = self.call("who?", stream=True)
         self.assertEqual(st, 200)
-        text = ""
-        for line in b.decode().splitlines():
-            if line.startswith("data: {"):
-                for c in json.loads(line[6:]).get("choices", []):
-                    text += (c.get("delta") or {}).get("content") or ""
-        self.assertEqual(text, 'Line one\nwrite "[REDACTED:email]" — caf\u00e9\\ok')
+        self.assertEqual(streamed_text(b), 'Line one\nwrite "[REDACTED:email]" — caf\u00e9\\ok')
         self.assertNotIn("dan@", b.decode())
+
+
+def streamed_text(body):
+    """The text a caller reassembles from a chat stream's delta contents."""
+    text = ""
+    for line in body.decode().splitlines():
+        if line.startswith("data: {"):
+            for c in json.loads(line[6:]).get("choices", []):
+                text += (c.get("delta") or {}).get("content") or ""
+    return text
 
 
 class AuditCapture(GatewayTestCase):

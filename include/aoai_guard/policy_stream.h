@@ -96,7 +96,7 @@ void ag_policy_sse_init(ag_policy_sse *sse, const ag_policy *pol, const ag_polic
  * must send first (and then cJSON_Delete): held text flushed ahead of a Responses ".done" event. */
 int ag_policy_sse_rewrite(ag_policy_sse *sse, ag_policy_scratch *s, cJSON *data, cJSON **before);
 
-/* The same for a chat chunk read in place, without a tree: chunk is what ag_chat_chunk_read found
+/* The same for a chat chunk read in place, without a tree: ck is what ag_chat_chunk_read found
  * in the event's payload data (a payload it refused goes to ag_policy_sse_rewrite). Returns 0 when it is sent as it is, 1 when *out (malloc'd, the caller frees it)
  * holds the rewritten payload (len *out_len: the payload's own bytes with the changed strings
  * spliced in), -1 when out of memory, or -2 for a payload this path leaves to the tree (escaped
@@ -105,7 +105,7 @@ int ag_policy_sse_rewrite(ag_policy_sse *sse, ag_policy_scratch *s, cJSON *data,
  * then, and the caller parses it and calls ag_policy_sse_rewrite. The two paths take the same
  * decisions and produce the same JSON. */
 int ag_policy_sse_rewrite_chunk(ag_policy_sse *sse, ag_policy_scratch *s, const char *data,
-                                const ag_chat_chunk *chunk, char **out, size_t *out_len);
+                                const ag_chat_chunk *ck, char **out, size_t *out_len);
 
 /* At [DONE] or end of stream: a JSON array of events carrying text still held (chat: one chunk
  * with a choice per held stream; Responses: one output_text.delta per held part). The caller sends

@@ -546,36 +546,29 @@ static chunk_edit text_edit(const ag_chunk_value *node, ag_chunk_value delta, co
     return e;
 }
 
-int ag_policy_sse_rewrite_chunk(ag_policy_sse *sse, ag_policy_scratch *s, const char *data,
-                                const ag_chat_chunk *chunk, char **out, size_t *out_len)
+/* What the tree path would do differently, decided before anything changes: 0 with each choice's
+ * stream key and text (NULL: none) and the chunk's "created", or -2 to leave the chunk to it. */
+static int chunk_plan(const ag_policy_sse *sse, const ag_chat_chunk *ck, long keys[], const ag_chunk_value *nodes[],
+                      double *created)
 {
-    *out = NULL;
-    *out_len = 0;
-    if (!sse->policy)
-        return 0;
-    const ag_chat_chunk *ck = chunk;
-
-    /* First what the tree path would do differently, before anything changes. */
-    double created = 0;
+    *created = 0;
     if (ag_chunk_has_escape(ck->id) || ag_chunk_has_escape(ck->model) ||
-        (ag_chunk_is_number(ck->created) && !token_double(ck->created, &created)))
+        (ag_chunk_is_number(ck->created) && !token_double(ck->created, created)))
         return -2;
-    long keys[AG_CHAT_CHUNK_CHOICES], added[AG_CHAT_CHUNK_CHOICES];
-    const ag_chunk_value *nodes[AG_CHAT_CHUNK_CHOICES];
+    long added[AG_CHAT_CHUNK_CHOICES];
     size_t nadded = 0, free_slots = 0;
     for (size_t k = 0; k < AG_POLICY_SSE_SLOTS; k++)
         free_slots += !sse->slots[k].used;
     for (size_t i = 0; i < ck->nchoices; i++) {
         const ag_chunk_choice *c = &ck->choice[i];
-        long idx = (long)i;
         double v;
+        keys[i] = (long)i;
         if (ag_chunk_is_number(c->index)) { /* num(): the double, cut to a long, when in range */
             if (!token_double(c->index, &v))
                 return -2;
             if (v >= 0 && v < 1e6)
-                idx = (long)v;
+                keys[i] = (long)v;
         }
-        keys[i] = idx;
         /* content is only read from an object delta (chat_chunk.h) */
         nodes[i] = ag_chunk_is_string(c->content) ? &c->content : ag_chunk_is_string(c->text) ? &c->text : NULL;
         if (ag_chunk_is_string(c->finish_reason) && !nodes[i] && !ag_chunk_is_object(c->delta))
@@ -584,17 +577,109 @@ int ag_policy_sse_rewrite_chunk(ag_policy_sse *sse, ag_policy_scratch *s, const 
             continue;
         bool known = false;
         for (size_t k = 0; k < AG_POLICY_SSE_SLOTS && !known; k++)
-            known = sse->slots[k].used && sse->slots[k].key == idx;
+            known = sse->slots[k].used && sse->slots[k].key == keys[i];
         for (size_t k = 0; k < nadded && !known; k++)
-            known = added[k] == idx;
+            known = added[k] == keys[i];
         if (!known) {
             if (nadded == free_slots)
                 return -2; /* beyond the slots: redacted whole, on the tree */
-            added[nadded++] = idx;
+            added[nadded++] = keys[i];
         }
     }
+    return 0;
+}
 
-    /* Then rewrite_chat's steps. */
+/* rewrite_chat's steps for one choice: its text fed to its stream, and at its finish what the stream
+ * still holds appended. *val: the choice's new text (malloc'd), or NULL when it is unchanged.
+ * 0, or -1 when out of memory. */
+static int choice_text(ag_policy_sse *sse, ag_policy_scratch *s, const ag_chunk_choice *c, const ag_chunk_value *node,
+                       long key, char **val)
+{
+    *val = NULL;
+    int err = 0;
+    ag_policy_stream *st = slot_for(sse, key, node != NULL, &err);
+    if (err || (node && !st))
+        return -1;
+    const char *t = NULL, *o;
+    size_t tl = 0, ol;
+    cJSON *unescaped = NULL;
+    int rc = 0;
+    if (node && ag_chunk_has_escape(*node)) {
+        unescaped = cJSON_ParseWithLengthOpts(node->tok, node->len, NULL, false);
+        if (!cJSON_IsString(unescaped))
+            rc = -1;
+        else
+            tl = strlen(t = unescaped->valuestring);
+    } else if (node) {
+        t = node->tok + 1;
+        tl = node->len - 2;
+    }
+    if (rc == 0 && node) {
+        if (ag_policy_stream_feed(st, s, t, tl, &o, &ol) != 0 || (o != t && !(*val = copy_text(o, ol))))
+            rc = -1;
+    }
+    if (rc == 0 && st && ag_chunk_is_string(c->finish_reason)) {
+        if (ag_policy_stream_finish(st, s, &o, &ol) != 0) {
+            rc = -1;
+        } else if (ol > 0) { /* joined as set_text() joins them: up to each part's first NUL */
+            const char *have = *val ? *val : t;
+            size_t hl = *val ? strlen(*val) : tl, on = strnlen(o, ol);
+            char *joined = malloc(hl + on + 1);
+            if (joined) {
+                if (hl)
+                    memcpy(joined, have, hl);
+                memcpy(joined + hl, o, on);
+                joined[hl + on] = '\0';
+            }
+            free(*val);
+            *val = joined;
+            rc = joined ? 0 : -1;
+        }
+    }
+    cJSON_Delete(unescaped);
+    if (rc != 0) {
+        free(*val);
+        *val = NULL;
+    }
+    return rc;
+}
+
+/* data[0..object_len) with each edit applied (edits in document order); NULL when out of memory. */
+static char *splice(const char *data, size_t object_len, const chunk_edit *edits, size_t n, size_t *out_len)
+{
+    size_t total = object_len;
+    for (size_t i = 0; i < n; i++)
+        total += strlen(edits[i].text) - (size_t)(edits[i].to - edits[i].from);
+    char *buf = malloc(total + 1), *w = buf;
+    if (!buf)
+        return NULL;
+    const char *r = data;
+    for (size_t i = 0; i < n; i++) {
+        memcpy(w, r, (size_t)(edits[i].from - r));
+        w += edits[i].from - r;
+        size_t tn = strlen(edits[i].text);
+        memcpy(w, edits[i].text, tn);
+        w += tn;
+        r = edits[i].to;
+    }
+    memcpy(w, r, (size_t)(data + object_len - r));
+    buf[total] = '\0';
+    *out_len = total;
+    return buf;
+}
+
+int ag_policy_sse_rewrite_chunk(ag_policy_sse *sse, ag_policy_scratch *s, const char *data,
+                                const ag_chat_chunk *ck, char **out, size_t *out_len)
+{
+    *out = NULL;
+    *out_len = 0;
+    if (!sse->policy)
+        return 0;
+    long keys[AG_CHAT_CHUNK_CHOICES];
+    const ag_chunk_value *nodes[AG_CHAT_CHUNK_CHOICES];
+    double created;
+    if (chunk_plan(sse, ck, keys, nodes, &created) != 0)
+        return -2;
     if (ag_chunk_is_string(ck->id) && ck->id.len > 2)
         copy_plain(sse->id, sizeof sse->id, ck->id);
     if (ag_chunk_is_string(ck->model) && ck->model.len > 2)
@@ -607,90 +692,17 @@ int ag_policy_sse_rewrite_chunk(ag_policy_sse *sse, ag_policy_scratch *s, const 
     size_t nedits = 0;
     int rc = 0;
     for (size_t i = 0; i < ck->nchoices && rc == 0; i++) {
-        const ag_chunk_choice *c = &ck->choice[i];
-        const ag_chunk_value *node = nodes[i];
-        int err = 0;
-        ag_policy_stream *st = slot_for(sse, keys[i], node != NULL, &err);
-        if (err || (node && !st)) {
-            rc = -1;
-            break;
-        }
-        const char *t = NULL, *o;
-        size_t tl = 0, ol;
-        cJSON *unescaped = NULL;
-        char *val = NULL;
-        bool set = false;
-        if (node && ag_chunk_has_escape(*node)) {
-            unescaped = cJSON_ParseWithLengthOpts(node->tok, node->len, NULL, false);
-            if (!cJSON_IsString(unescaped))
-                rc = -1;
-            else
-                tl = strlen(t = unescaped->valuestring);
-        } else if (node) {
-            t = node->tok + 1;
-            tl = node->len - 2;
-        }
-        if (rc == 0 && node) {
-            if (ag_policy_stream_feed(st, s, t, tl, &o, &ol) != 0)
-                rc = -1;
-            else if (o != t && !(val = copy_text(o, ol)))
-                rc = -1;
-            set = val != NULL;
-        }
-        if (rc == 0 && st && ag_chunk_is_string(c->finish_reason)) {
-            if (ag_policy_stream_finish(st, s, &o, &ol) != 0) {
-                rc = -1;
-            } else if (ol > 0) {
-                const char *have = val ? val : t;
-                size_t hl = val ? strlen(val) : tl;
-                char *joined = malloc(hl + ol + 1);
-                if (!joined) {
-                    rc = -1;
-                } else {
-                    if (hl)
-                        memcpy(joined, have, hl);
-                    memcpy(joined + hl, o, ol);
-                    joined[hl + ol] = '\0';
-                    free(val);
-                    val = copy_text(joined, hl + ol);
-                    free(joined);
-                    rc = val ? 0 : -1;
-                    set = val != NULL;
-                }
-            }
-        }
-        if (rc == 0 && set) {
-            edits[nedits] = text_edit(node, c->delta, val);
+        char *val;
+        rc = choice_text(sse, s, &ck->choice[i], nodes[i], keys[i], &val);
+        if (rc == 0 && val) {
+            edits[nedits] = text_edit(nodes[i], ck->choice[i].delta, val);
             rc = edits[nedits].text ? 0 : -1;
             nedits += rc == 0;
         }
         free(val);
-        cJSON_Delete(unescaped);
     }
-    if (rc == 0 && nedits > 0) {
-        size_t total = ck->object_len;
-        for (size_t i = 0; i < nedits; i++)
-            total += strlen(edits[i].text) - (size_t)(edits[i].to - edits[i].from);
-        char *buf = malloc(total + 1), *w = buf;
-        const char *r = data;
-        for (size_t i = 0; buf && i < nedits; i++) {
-            memcpy(w, r, (size_t)(edits[i].from - r));
-            w += edits[i].from - r;
-            size_t n = strlen(edits[i].text);
-            memcpy(w, edits[i].text, n);
-            w += n;
-            r = edits[i].to;
-        }
-        if (buf) {
-            memcpy(w, r, (size_t)(data + ck->object_len - r));
-            buf[total] = '\0';
-            *out = buf;
-            *out_len = total;
-            rc = 1;
-        } else {
-            rc = -1;
-        }
-    }
+    if (rc == 0 && nedits > 0)
+        rc = (*out = splice(data, ck->object_len, edits, nedits, out_len)) ? 1 : -1;
     for (size_t i = 0; i < nedits; i++)
         free(edits[i].text);
     return rc;

@@ -316,8 +316,8 @@ static void ex_send_head(ag_exchange *ex, long long cl_override)
     r->gateway_ns += ag_mono_ns() - r->t_upstream_head;
 }
 
-/* Sends one event we re-serialised: "event: <name>" when the original had one, then the data. */
-/* Sends one event, "event: <name>\n" (when named) and "data: <payload>\n\n", as one chunk. */
+/* Sends one event, "event: <name>\n" (when the original had a name) and "data: <payload>\n\n", as
+ * one chunk. */
 static void emit_frame(ag_request *r, const char *event, size_t event_len, const char *payload, size_t len)
 {
     size_t n = (event_len ? 8 + event_len : 0) + 6 + len + 2;
@@ -339,6 +339,7 @@ static void emit_frame(ag_request *r, const char *event, size_t event_len, const
         free(frame);
 }
 
+/* Sends one event whose payload we re-serialised from its tree. */
 static void emit_event(ag_request *r, const char *event, size_t event_len, const cJSON *data)
 {
     char *text = cJSON_PrintUnformatted(data);

@@ -216,8 +216,12 @@ class Gateway(Proc):
         return self.ports["admin"]
 
     def log_lines(self):
+        """The gateway's JSON log lines so far. A last line without its newline is still being
+        written (the file is read while the gateway runs): it is left for the next read."""
+        text = self.stdout()
+        complete = text[:text.rfind("\n") + 1]
         out = []
-        for line in self.stdout().splitlines():
+        for line in complete.splitlines():
             line = line.strip()
             if line:
                 out.append(json.loads(line))

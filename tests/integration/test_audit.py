@@ -125,13 +125,15 @@ class FakeIdentity(Proc):
 
 
 def read_jsonl(path):
+    """The complete rows of a JSON-lines file; a last row without its newline is still being written
+    (the file is read while the gateway runs) and is left for the next read."""
     rows = []
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
         return rows
-    for line in data.split(b"\n"):
+    for line in data[:data.rfind(b"\n") + 1].split(b"\n"):
         if line.strip():
             rows.append(json.loads(line))
     return rows
@@ -731,17 +733,21 @@ class MonitorDelivery(AuditTestCase):
                     with lock:
                         completed.append(rid)
 
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+        # Daemon threads, stopped in finally: a failed wait must fail the test, not leave the load
+        # running and the test process alive.
+        threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(4)]
         for t in threads:
             t.start()
-        wait_until(lambda: len(completed) >= 200 and by_request_id(mon.records()), timeout=60,
-                   what="load and some deliveries")
-        kill_wall = time.time()
-        gw.p.kill()
-        gw.p.wait(10)
-        stop.set()
-        for t in threads:
-            t.join()
+        try:
+            wait_until(lambda: len(completed) >= 200 and by_request_id(mon.records()), timeout=60,
+                       what="load and some deliveries")
+            kill_wall = time.time()
+            gw.p.kill()
+            gw.p.wait(10)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
         completed_set = set(completed)
         delivered_before = set(by_request_id(mon.records()))
         sink_dir = os.path.join(self.spool_dir, "azure_monitor")
@@ -894,7 +900,7 @@ class HashedCapture(AuditTestCase):
         # The streamed response's hash is the hash of the assembled text.
         self.assertEqual(rows[rids[1]][0]["ResponseSha256"],
                          hashlib.sha256(("Echo: " + texts[1]).encode()).hexdigest())
-        stdout_rows = [json.loads(l) for l in gw.stdout().splitlines() if '"RecordType"' in l]
+        stdout_rows = [r for r in gw.log_lines() if "RecordType" in r]
         self.assertTrue(set(rids) <= set(by_request_id(stdout_rows)))
         self.assertEqual(gw.stop(), 0)
         self.assert_secret_absent(secret)

@@ -609,21 +609,26 @@ class ReloadAndDrain(GatewayTestCase):
                 except Exception as e:  # noqa: BLE001 - any failure counts
                     failures.append(repr(e))
 
-        threads = [threading.Thread(target=load) for _ in range(4)]
+        # Daemon threads, stopped in finally: a failed wait must fail the test, not leave the load
+        # running and the test process alive.
+        threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
         for t in threads:
             t.start()
-        wait_until(lambda: len(served) > 20, what="traffic before reload")
-        gw.reload(base_config([upstream(b)], workers=2))
-        wait_until(lambda: "westus" in served[-8:] and all(x == "westus" for x in served[-8:]),
-                   what="traffic on the new upstream")
-        # A broken file is rejected and the running configuration stays.
-        gw.reload('{"workers": 2, "listeners": [], "upstreamz": []}')
-        wait_until(lambda: any("reload rejected" in l.get("msg", "") for l in gw.log_lines()), what="rejection log")
-        n = len(served)
-        wait_until(lambda: len(served) > n + 10, what="traffic after the bad reload")
-        stop.set()
-        for t in threads:
-            t.join()
+        try:
+            wait_until(lambda: len(served) > 20, what="traffic before reload")
+            gw.reload(base_config([upstream(b)], workers=2))
+            wait_until(lambda: "westus" in served[-8:] and all(x == "westus" for x in served[-8:]),
+                       what="traffic on the new upstream")
+            # A broken file is rejected and the running configuration stays.
+            gw.reload('{"workers": 2, "listeners": [], "upstreamz": []}')
+            wait_until(lambda: any("reload rejected" in l.get("msg", "") for l in gw.log_lines()),
+                       what="rejection log")
+            n = len(served)
+            wait_until(lambda: len(served) > n + 10, what="traffic after the bad reload")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
         self.assertEqual(failures, [])
         self.assertTrue(all(x == "westus" for x in served[-10:]))
         reload_line = [l for l in gw.log_lines() if "configuration reloaded" in l.get("msg", "")]

@@ -6,6 +6,9 @@
 #include <openssl/evp.h>
 #include <string.h>
 #include <strings.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 static const char *const det_names[AG_DET_COUNT] = {
     [AG_DET_EMAIL] = "email",
@@ -814,6 +817,35 @@ static void det_iban(scan *s, size_t i)
     (AG_DET_BIT(AG_DET_PHONE) | AG_DET_BIT(AG_DET_CREDIT_CARD) | AG_DET_BIT(AG_DET_US_SSN) | \
      AG_DET_BIT(AG_DET_IPV4))
 
+#if defined(__SSE2__)
+/* Prose the scan can step over: how many of the sixteen bytes at t form a run of words of letters
+ * other than 'J', each ended by ' ', '\n', ',', '.' or '\'' (the run ends just after its last such
+ * separator). No check in detect_scan finds anything in such a run. A word in it is shorter than
+ * 16, and each check a word reaches needs it to hold a digit (numbers, IBAN), to be 20 or 32 long
+ * (AWS and Azure OpenAI keys), to be followed by ':', '_' or '=' (IPv6, GitHub tokens, the
+ * connection string anchors, "sig="), to run on into 86 base64 bytes (storage key) or to start
+ * with "eyJ" (JWT). The separators are none of the bytes a check starts at ('@', '+', '(', ':',
+ * '-'). Returns 0 when there is no run; *stop is then the offset of the first byte that is neither
+ * a letter nor a separator (16 when there is none), before which no run can start either. */
+static inline size_t prose_run(const unsigned char *t, size_t *stop)
+{
+    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)t);
+    /* 'a'..'z' (and 'A'..'Z') moved to -128..-103: one signed comparison each */
+    const __m128i letters = _mm_set1_epi8((char)(-128 + 26));
+    __m128i lower = _mm_cmplt_epi8(_mm_add_epi8(v, _mm_set1_epi8((char)(0x80 - 'a'))), letters);
+    __m128i upper = _mm_cmplt_epi8(_mm_add_epi8(v, _mm_set1_epi8((char)(0x80 - 'A'))), letters);
+    upper = _mm_andnot_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('J')), upper);
+    __m128i sep = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(' ')), _mm_cmpeq_epi8(v, _mm_set1_epi8(','))),
+                               _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('.')), _mm_cmpeq_epi8(v, _mm_set1_epi8('\n'))));
+    sep = _mm_or_si128(sep, _mm_cmpeq_epi8(v, _mm_set1_epi8('\'')));
+    unsigned in = (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(lower, upper), sep));
+    unsigned f = (unsigned)__builtin_ctz(~in | 0x10000u); /* the first byte of neither kind */
+    unsigned seps = (unsigned)_mm_movemask_epi8(sep) & ((1u << f) - 1u);
+    *stop = f;
+    return seps ? 32u - (unsigned)__builtin_clz(seps) : 0;
+}
+#endif
+
 static void detect_scan(const char *text, size_t len, uint32_t mask, ag_detect_cb cb, void *arg, bool fast)
 {
     scan s;
@@ -834,7 +866,20 @@ static void detect_scan(const char *text, size_t len, uint32_t mask, ag_detect_c
     bool want_key = want(&s, AG_DET_AZURE_KEY), want_skey = want(&s, AG_DET_AZURE_STORAGE_KEY);
     bool want_iban = want(&s, AG_DET_IBAN), want_conn = want(&s, AG_DET_AZURE_CONNECTION_STRING);
     size_t i = 0;
+#if defined(__SSE2__)
+    size_t try_at = 0; /* no prose run starts before this */
+#endif
     while (i < len && !s.stop) {
+#if defined(__SSE2__)
+        if (fast && i >= try_at && i + 16 <= len) {
+            size_t stop, run = prose_run(t + i, &stop);
+            if (run) {
+                i += run;
+                continue;
+            }
+            try_at = i + stop + (stop < 16); /* a run starting up to that byte would end there too */
+        }
+#endif
         unsigned char c = t[i];
         if (!is_alnum(c)) {
             if (c == '@') {

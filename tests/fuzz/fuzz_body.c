@@ -16,13 +16,16 @@
  *     choices/output/object members (each choice reduced to message, text and index), and,
  *     redacted and printed, is strict JSON again;
  *   - BLOCK / REJECT come with an error body that is strict JSON with an "error" object;
- *   - the verdict and decisions never exceed their bounds. */
+ *   - the verdict and decisions never exceed their bounds;
+ *   - the detectors' scan with its shortcuts (plain words, prose runs) finds in the body bytes,
+ *     taken as text, exactly what the general scan finds. */
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "aoai_guard/detect.h"
 #include "aoai_guard/json_strict.h"
 #include "aoai_guard/policy.h"
 #include "aoai_guard/request.h"
@@ -171,6 +174,37 @@ static void check_decisions(const ag_policy_decisions *d)
         __builtin_trap();
 }
 
+/* The hits of one detector scan, the first 256 of them. */
+typedef struct det_hits {
+    ag_detect_hit h[256];
+    size_t n;
+} det_hits;
+
+static int collect_hit(void *arg, const ag_detect_hit *hit)
+{
+    det_hits *hs = arg;
+    if (hs->n < sizeof hs->h / sizeof hs->h[0])
+        hs->h[hs->n] = *hit;
+    hs->n++;
+    return 0;
+}
+
+/* Traps unless the scan with its shortcuts and the general scan find the same hits in text. */
+static void check_detect_shortcuts(const char *text, size_t len)
+{
+    static det_hits a, b;
+    const uint32_t mask = 0xFFFFFFFFu & ~AG_DET_BIT(AG_DET_PROMPT_INJECTION);
+    a.n = b.n = 0;
+    ag_detect_scan(text, len, mask, collect_hit, &a);
+    ag_detect_scan_general(text, len, mask, collect_hit, &b);
+    if (a.n != b.n)
+        __builtin_trap();
+    for (size_t k = 0; k < a.n && k < sizeof a.h / sizeof a.h[0]; k++)
+        if (a.h[k].det != b.h[k].det || a.h[k].start != b.h[k].start || a.h[k].end != b.h[k].end ||
+            a.h[k].open != b.h[k].open)
+            __builtin_trap();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!F.a)
@@ -186,6 +220,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     bool response_side = mode & 16;
     const char *body = (const char *)data + 1;
     size_t len = size - 1;
+    check_detect_shortcuts(body, len);
 
     if (response_side) {
         /* Any bytes an upstream may send reach the held-response parser, JSON or not: it must

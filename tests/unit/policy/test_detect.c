@@ -291,6 +291,25 @@ static void test_mask_and_all(void)
     CHECK_INT(hs.n, 0);
 }
 
+/* Runs the scan with its shortcuts and the general one over text[0..n); 1 when their hits differ.
+ * Adds the hits to *hits_seen. */
+static int scans_differ(const char *text, size_t n, int *hits_seen)
+{
+    static hits a, b;
+    const uint32_t mask = 0xFFFFFFFFu & ~AG_DET_BIT(AG_DET_PROMPT_INJECTION);
+    a.n = b.n = 0;
+    ag_detect_scan(text, n, mask, collect, &a);
+    ag_detect_scan_general(text, n, mask, collect, &b);
+    *hits_seen += a.n;
+    if (a.n != b.n)
+        return 1;
+    for (int k = 0; k < a.n; k++)
+        if (a.h[k].det != b.h[k].det || a.h[k].start != b.h[k].start || a.h[k].end != b.h[k].end ||
+            a.h[k].open != b.h[k].open)
+            return 1;
+    return 0;
+}
+
 /* The shortcut for plain lower-case words against the scan without it: texts built from prose
  * words (every first letter, 32-letter hex words, words before ':' and '_') and from each kind of
  * secret and PII, joined by the separators the detectors look at. All hits must agree. */
@@ -317,7 +336,6 @@ static void test_fast_path(void)
     const char *seps[] = { " ", " ", " ", "", "\n", ", ", ":", "=", "_", "-", "/", "@", "[", "`", "{", "\x80", "\xfa" };
     const size_t natoms = sizeof atoms / sizeof atoms[0], nseps = sizeof seps / sizeof seps[0];
     static char text[4096];
-    static hits a, b;
     int diffs = 0, hits_seen = 0;
     for (int iter = 0; iter < 20000; iter++) {
         size_t n = 0;
@@ -330,29 +348,65 @@ static void test_fast_path(void)
             if (check_rnd(30) == 0)
                 break;
         }
-        a.n = b.n = 0;
-        ag_detect_scan(text, n, 0xFFFFFFFFu & ~AG_DET_BIT(AG_DET_PROMPT_INJECTION), collect, &a);
-        ag_detect_scan_general(text, n, 0xFFFFFFFFu & ~AG_DET_BIT(AG_DET_PROMPT_INJECTION), collect, &b);
-        hits_seen += a.n;
-        if (a.n != b.n) {
-            diffs++;
-            continue;
-        }
-        for (int k = 0; k < a.n; k++)
-            if (a.h[k].det != b.h[k].det || a.h[k].start != b.h[k].start || a.h[k].end != b.h[k].end ||
-                a.h[k].open != b.h[k].open) {
-                diffs++;
-                break;
-            }
+        diffs += scans_differ(text, n, &hits_seen);
     }
     CHECK_INT(diffs, 0);
     CHECK(hits_seen > 100000); /* the texts do hold secrets */
+}
+
+/* The prose shortcut (sixteen bytes of words at a time) against the general scan: texts that are
+ * mostly prose, so that the shortcut runs, with the words and bytes that must stop it (a word
+ * starting a secret, a separator a detector starts at, a word before ':', '_' or '=', a JWT whose
+ * header is 14 letters) dropped in at every offset of a block. */
+static void test_prose_runs(void)
+{
+    static char storage[100];
+    make_b64(storage, 86, 13);
+    storage[0] = 'q';
+    memcpy(storage + 86, "==", 3);
+    const char *prose[] = {
+        "the", "regional", "team", "a", "an", "and", "agreed", "each", "easy", "ey", "eye", "e", "go",
+        "ghp", "gist", "g", "sig", "sv", "so", "s", "sharedaccesskey", "accountkey", "accountname",
+        "abcdefabcdefabcdefabcdefabcdefab", "abcdefghijklmnopq", "deadbeef", "face", "x", "fe", "abcd",
+        "The", "Finance", "Please", "AKIA", "API", "DE", "Ajax", "Sig", "AccountKey", "Eye", "ABCDEFabcdefABCDEFabcdefABCDEFab",
+    };
+    const char *rare[] = {
+        "eyJ", "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789", "a@example.com", "4111 1111 1111 1111", "123-45-6789",
+        "+1 (425) 555-0100", "(425) 555-0100", "10.1.2.3", "fe80::1", "abcd:", "AKIAIOSFODNN7EXAMPLE",
+        "DE89370400440532013000", "0123456789abcdef0123456789abcdef", storage, "AccountKey=abc", "=",
+        "&sig=AbCdEf", "?sig=x", "Jam", "eyJump", "eyJhbGciOiIifQ.e30.c2ln", "42", "3.14", "x_", "g_", "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----",
+    };
+    /* the separators a run may hold, and bytes that end a word but not a run */
+    const char *seps[] = { " ", " ", " ", " ", ", ", ". ", "\n", "'", ".", ":", "_", "-", "(", "+", "@", "&", "?", "\t", "/" };
+    const size_t nprose = sizeof prose / sizeof prose[0], nrare = sizeof rare / sizeof rare[0];
+    const size_t nseps = sizeof seps / sizeof seps[0];
+    static char text[4096];
+    int diffs = 0, hits_seen = 0;
+    for (int iter = 0; iter < 20000; iter++) {
+        size_t n = 0;
+        while (n < 1500) {
+            bool odd = check_rnd(12) == 0;
+            const char *w = odd ? rare[check_rnd((unsigned)nrare)] : prose[check_rnd((unsigned)nprose)];
+            const char *sep = seps[check_rnd(8) ? check_rnd(9) : check_rnd((unsigned)nseps)];
+            size_t wl = strlen(w), sl = strlen(sep);
+            memcpy(text + n, w, wl);
+            memcpy(text + n + wl, sep, sl);
+            n += wl + sl;
+            if (check_rnd(60) == 0)
+                break;
+        }
+        diffs += scans_differ(text, n, &hits_seen);
+    }
+    CHECK_INT(diffs, 0);
+    CHECK(hits_seen > 20000); /* the texts do hold secrets */
 }
 
 int main(void)
 {
     test_validators();
     test_fast_path();
+    test_prose_runs();
     test_email();
     test_phone();
     test_card();

@@ -4,6 +4,9 @@
 
 #include <math.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 typedef enum cp_class {
     CC_END = 0,
@@ -234,6 +237,36 @@ static inline size_t plain_word_end(const unsigned char *s, size_t len, size_t s
     return j;
 }
 
+#if defined(__SSE2__)
+/* Plain words and the single spaces between them among the sixteen bytes at s (s[0] a letter), as
+ * the loop below takes them one by one: the bytes up to and including the last space that ends a
+ * plain word ([A-Z]?[a-z]*, upper case only at its start) and is followed by a letter. Adds those
+ * words' prices to *cost and returns how many bytes they and their spaces take; 0 when there is no
+ * such space. */
+static inline size_t plain_words16(const unsigned char *s, long long *cost)
+{
+    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)s);
+    /* 'a'..'z' (and 'A'..'Z') moved to -128..-103: one signed comparison each */
+    const __m128i n26 = _mm_set1_epi8((char)(-128 + 26));
+    unsigned lower = (unsigned)_mm_movemask_epi8(_mm_cmplt_epi8(_mm_add_epi8(v, _mm_set1_epi8((char)(0x80 - 'a'))), n26));
+    unsigned upper = (unsigned)_mm_movemask_epi8(_mm_cmplt_epi8(_mm_add_epi8(v, _mm_set1_epi8((char)(0x80 - 'A'))), n26));
+    unsigned space = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(' ')));
+    unsigned letter = lower | upper;
+    unsigned joins = space & (letter >> 1); /* a space with a letter right after it */
+    /* where the words stop being plain: a space not before a letter, a capital inside a word, any
+     * other byte */
+    unsigned stop = (space & ~joins) | (upper & ~((space << 1) | 1u)) | (~(letter | space) & 0xFFFFu) | 0x10000u;
+    unsigned ends = joins & ((1u << __builtin_ctz(stop)) - 1u);
+    size_t start = 0;
+    for (; ends; ends &= ends - 1) {
+        size_t at = (size_t)__builtin_ctz(ends);
+        *cost += piece_cost(at - start);
+        start = at + 1;
+    }
+    return start;
+}
+#endif
+
 static long long tokens_text(const char *text, size_t len, bool fast)
 {
     scan sc = { (const unsigned char *)text, len, 0 };
@@ -242,8 +275,20 @@ static long long tokens_text(const char *text, size_t len, bool fast)
     while (sc.i < sc.len) {
         if (fast && ascii_letter(sc.s[sc.i])) {
             /* plain words, and the single spaces between them (each attaches to the next word) */
-            size_t start = sc.i, end;
-            while ((end = plain_word_end(sc.s, sc.len, sc.i)) > sc.i) {
+            size_t start = sc.i;
+            for (;;) { /* sc.i is at a letter */
+#if defined(__SSE2__)
+                if (sc.i + 16 <= sc.len) {
+                    size_t n = plain_words16(sc.s + sc.i, &cost);
+                    if (n) {
+                        sc.i += n;
+                        continue;
+                    }
+                }
+#endif
+                size_t end = plain_word_end(sc.s, sc.len, sc.i);
+                if (end == sc.i)
+                    break;
                 cost += piece_cost(end - sc.i);
                 sc.i = end;
                 if (end + 1 < sc.len && sc.s[end] == ' ' && ascii_letter(sc.s[end + 1]))

@@ -268,10 +268,46 @@ static void test_fast_path(void)
     CHECK_INT(diffs, 0);
 }
 
+/* The sixteen-byte path for runs of plain words against the general rules: texts that are mostly
+ * words joined by single spaces, so that the path runs, with what must end a run (two spaces, a
+ * capital inside a word, a word of 16 letters or more, punctuation, a digit, UTF-8, a tab) dropped
+ * in at every offset of a block, and word lengths on both sides of each price step (4/5, 7/8,
+ * 10/11). */
+static void test_plain_word_runs(void)
+{
+    static const char *const words[] = { "a", "I", "an", "The", "team", "plans", "Finance", "reviewed",
+                                         "quarterly", "priorities", "onboarding", "departmental",
+                                         "abcdefghijklmno", "abcdefghijklmnop", "Abcdefghijklmnop", "x" };
+    static const char *const odd[] = { "HTTPServer", "getUserById", "aB", "AB", "7", "42", "\xc3\xa9t\xc3\xa9",
+                                       "caf\xc3\xa9", "\xff", "_", "q'u", "can't" };
+    static const char *const seps[] = { " ", " ", " ", " ", " ", " ", "  ", ", ", ". ", ".", "\n", "\t", "-", "" };
+    const size_t nwords = sizeof words / sizeof words[0], nodd = sizeof odd / sizeof odd[0];
+    const size_t nseps = sizeof seps / sizeof seps[0];
+    char buf[1024];
+    int diffs = 0;
+    for (int iter = 0; iter < 20000; iter++) {
+        size_t n = 0;
+        while (n < 600) {
+            const char *w = check_rnd(10) ? words[check_rnd((unsigned)nwords)] : odd[check_rnd((unsigned)nodd)];
+            const char *sep = seps[check_rnd(6) ? 0 : check_rnd((unsigned)nseps)];
+            size_t wl = strlen(w), sl = strlen(sep);
+            memcpy(buf + n, w, wl);
+            memcpy(buf + n + wl, sep, sl);
+            n += wl + sl;
+            if (check_rnd(80) == 0)
+                break;
+        }
+        if (ag_tokens_text(buf, n) != ag_tokens_text_general(buf, n))
+            diffs++;
+    }
+    CHECK_INT(diffs, 0);
+}
+
 int main(void)
 {
     test_text_basics();
     test_fast_path();
+    test_plain_word_runs();
     test_budget_rules();
     test_corpus();
     return CHECK_DONE();

@@ -283,21 +283,17 @@ static void test_plain_word_runs(void)
     static const char *const seps[] = { " ", " ", " ", " ", " ", " ", "  ", ", ", ". ", ".", "\n", "\t", "-", "" };
     const size_t nwords = sizeof words / sizeof words[0], nodd = sizeof odd / sizeof odd[0];
     const size_t nseps = sizeof seps / sizeof seps[0];
-    char buf[1024];
+    static check_text text;
     int diffs = 0;
     for (int iter = 0; iter < 20000; iter++) {
-        size_t n = 0;
-        while (n < 600) {
-            const char *w = check_rnd(10) ? words[check_rnd((unsigned)nwords)] : odd[check_rnd((unsigned)nodd)];
-            const char *sep = seps[check_rnd(6) ? 0 : check_rnd((unsigned)nseps)];
-            size_t wl = strlen(w), sl = strlen(sep);
-            memcpy(buf + n, w, wl);
-            memcpy(buf + n + wl, sep, sl);
-            n += wl + sl;
+        text.len = 0;
+        while (text.len < 600) {
+            check_put(&text, check_rnd(10) ? words[check_rnd((unsigned)nwords)] : odd[check_rnd((unsigned)nodd)]);
+            check_put(&text, seps[check_rnd(6) ? 0 : check_rnd((unsigned)nseps)]);
             if (check_rnd(80) == 0)
                 break;
         }
-        if (ag_tokens_text(buf, n) != ag_tokens_text_general(buf, n))
+        if (ag_tokens_text(text.buf, text.len) != ag_tokens_text_general(text.buf, text.len))
             diffs++;
     }
     CHECK_INT(diffs, 0);

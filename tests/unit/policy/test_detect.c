@@ -335,20 +335,17 @@ static void test_fast_path(void)
     /* bytes just outside [0-9A-Za-z] end words too: / : @ [ ` { and bytes above 0x7F */
     const char *seps[] = { " ", " ", " ", "", "\n", ", ", ":", "=", "_", "-", "/", "@", "[", "`", "{", "\x80", "\xfa" };
     const size_t natoms = sizeof atoms / sizeof atoms[0], nseps = sizeof seps / sizeof seps[0];
-    static char text[4096];
+    static check_text text;
     int diffs = 0, hits_seen = 0;
     for (int iter = 0; iter < 20000; iter++) {
-        size_t n = 0;
-        while (n < 1500) {
-            const char *w = atoms[check_rnd((unsigned)natoms)], *sep = seps[check_rnd((unsigned)nseps)];
-            size_t wl = strlen(w), sl = strlen(sep);
-            memcpy(text + n, w, wl);
-            memcpy(text + n + wl, sep, sl);
-            n += wl + sl;
+        text.len = 0;
+        while (text.len < 1500) {
+            check_put(&text, atoms[check_rnd((unsigned)natoms)]);
+            check_put(&text, seps[check_rnd((unsigned)nseps)]);
             if (check_rnd(30) == 0)
                 break;
         }
-        diffs += scans_differ(text, n, &hits_seen);
+        diffs += scans_differ(text.buf, text.len, &hits_seen);
     }
     CHECK_INT(diffs, 0);
     CHECK(hits_seen > 100000); /* the texts do hold secrets */
@@ -381,22 +378,18 @@ static void test_prose_runs(void)
     const char *seps[] = { " ", " ", " ", " ", ", ", ". ", "\n", "'", ".", ":", "_", "-", "(", "+", "@", "&", "?", "\t", "/" };
     const size_t nprose = sizeof prose / sizeof prose[0], nrare = sizeof rare / sizeof rare[0];
     const size_t nseps = sizeof seps / sizeof seps[0];
-    static char text[4096];
+    static check_text text;
     int diffs = 0, hits_seen = 0;
     for (int iter = 0; iter < 20000; iter++) {
-        size_t n = 0;
-        while (n < 1500) {
+        text.len = 0;
+        while (text.len < 1500) {
             bool odd = check_rnd(12) == 0;
-            const char *w = odd ? rare[check_rnd((unsigned)nrare)] : prose[check_rnd((unsigned)nprose)];
-            const char *sep = seps[check_rnd(8) ? check_rnd(9) : check_rnd((unsigned)nseps)];
-            size_t wl = strlen(w), sl = strlen(sep);
-            memcpy(text + n, w, wl);
-            memcpy(text + n + wl, sep, sl);
-            n += wl + sl;
+            check_put(&text, odd ? rare[check_rnd((unsigned)nrare)] : prose[check_rnd((unsigned)nprose)]);
+            check_put(&text, seps[check_rnd(8) ? check_rnd(9) : check_rnd((unsigned)nseps)]);
             if (check_rnd(60) == 0)
                 break;
         }
-        diffs += scans_differ(text, n, &hits_seen);
+        diffs += scans_differ(text.buf, text.len, &hits_seen);
     }
     CHECK_INT(diffs, 0);
     CHECK(hits_seen > 20000); /* the texts do hold secrets */

@@ -36,6 +36,19 @@ struct ag_limit_ticket {
     ag_limit_op ops[];
 };
 
+/* The last counter keys made, by their preimage: a worker's callers are mostly the same few
+ * identities, and each key costs two SHA-256 compressions. Direct-mapped on a hash of the
+ * preimage; a hit is a whole-preimage comparison, so the memo can only return the key the digest
+ * would make. */
+#define KEY_MEMO_SLOTS 32
+#define KEY_MEMO_PREIMAGE 192 /* longer preimages are not kept (the digest runs) */
+
+typedef struct key_memo {
+    size_t len; /* 0: empty */
+    unsigned char preimage[KEY_MEMO_PREIMAGE];
+    unsigned char key[AG_LIMIT_KEY_LEN];
+} key_memo;
+
 struct ag_limiter {
     ag_limit_store *store;
     ag_limit_redis *redis;     /* NULL with the memory store */
@@ -49,6 +62,7 @@ struct ag_limiter {
     bool freeing;
     bool degraded_logged;
     ag_limiter_stats stats;
+    key_memo memo[KEY_MEMO_SLOTS];
 };
 
 static void llog(ag_limiter *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -244,10 +258,12 @@ void ag_limiter_get_stats(const ag_limiter *l, ag_limiter_stats *out)
 
 /* ---- keys ---- */
 
-/* The key's preimage on its way into the digest: bytes gather in buf and go to the digest when it
- * fills and at the end (one update for any ordinary key, instead of one per field). */
+/* The key's preimage on its way into the digest: bytes gather in buf; only a preimage longer than
+ * buf goes to the digest in parts (started when buf first fills), an ordinary one is digested (or
+ * found in the memo) whole at the end. */
 typedef struct key_writer {
-    EVP_MD_CTX *ctx;
+    ag_limiter *l;
+    bool digesting; /* buf overflowed: the digest has started */
     size_t n;
     unsigned char buf[512];
 } key_writer;
@@ -255,7 +271,10 @@ typedef struct key_writer {
 static void kw_byte(key_writer *w, unsigned char c)
 {
     if (w->n == sizeof w->buf) {
-        EVP_DigestUpdate(w->ctx, w->buf, w->n);
+        if (!w->digesting)
+            EVP_DigestInit_ex2(w->l->md_ctx, w->l->sha256, NULL);
+        w->digesting = true;
+        EVP_DigestUpdate(w->l->md_ctx, w->buf, w->n);
         w->n = 0;
     }
     w->buf[w->n++] = c;
@@ -280,14 +299,42 @@ static void kw_field(key_writer *w, bool on, char tag, const char *s, bool lower
     }
 }
 
+/* The digest of what w holds (and took before), its first AG_LIMIT_KEY_LEN bytes into out. */
+static void kw_digest(key_writer *w, unsigned char out[AG_LIMIT_KEY_LEN])
+{
+    if (!w->digesting)
+        EVP_DigestInit_ex2(w->l->md_ctx, w->l->sha256, NULL);
+    EVP_DigestUpdate(w->l->md_ctx, w->buf, w->n);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_DigestFinal_ex(w->l->md_ctx, md, &len);
+    memcpy(out, md, AG_LIMIT_KEY_LEN);
+}
+
+/* The key of the preimage w holds whole: from the memo, or digested and remembered. */
+static void kw_memo_key(key_writer *w, unsigned char out[AG_LIMIT_KEY_LEN])
+{
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a: it only picks the slot */
+    for (size_t i = 0; i < w->n; i++)
+        h = (h ^ w->buf[i]) * 0x100000001b3ull;
+    key_memo *m = &w->l->memo[(h ^ (h >> 32)) % KEY_MEMO_SLOTS];
+    if (m->len == w->n && memcmp(m->preimage, w->buf, w->n) == 0) {
+        memcpy(out, m->key, AG_LIMIT_KEY_LEN);
+        return;
+    }
+    kw_digest(w, out);
+    memcpy(m->preimage, w->buf, w->n);
+    memcpy(m->key, out, AG_LIMIT_KEY_LEN);
+    m->len = w->n;
+}
+
 /* Counter identity: SHA-256 of (version, policy, kind, period, key fields in canonical order). The
  * digests are the counters' names in Redis, shared by every replica and kept across upgrades: the
  * preimage's bytes must not change. */
 static void make_key(ag_limiter *l, const ag_limit_policy *p, ag_limit_kind kind, const ag_limit_request *req,
                      unsigned char out[AG_LIMIT_KEY_LEN])
 {
-    key_writer w = {.ctx = l->md_ctx, .n = 0};
-    EVP_DigestInit_ex2(w.ctx, l->sha256, NULL);
+    key_writer w = {.l = l, .digesting = false, .n = 0};
     static const unsigned char version[] = "ag-rl";
     for (size_t i = 0; i < sizeof version - 1; i++)
         kw_byte(&w, version[i]);
@@ -302,11 +349,10 @@ static void make_key(ag_limiter *l, const ag_limit_policy *p, ag_limit_kind kind
     kw_field(&w, p->key_fields & AG_LIMIT_KEY_NAME, 'n', id ? id->name : "", false);
     kw_field(&w, p->key_fields & AG_LIMIT_KEY_DEPLOYMENT, 'd', req->deployment, true);
     kw_field(&w, p->key_fields & AG_LIMIT_KEY_OPERATION, 'p', req->operation, false);
-    EVP_DigestUpdate(w.ctx, w.buf, w.n);
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(w.ctx, md, &len);
-    memcpy(out, md, AG_LIMIT_KEY_LEN);
+    if (!w.digesting && w.n <= KEY_MEMO_PREIMAGE)
+        kw_memo_key(&w, out);
+    else
+        kw_digest(&w, out);
 }
 
 /* ---- results ---- */

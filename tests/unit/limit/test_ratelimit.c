@@ -520,6 +520,63 @@ static void test_reload_keeps_counters(void)
     env_close(&e);
 }
 
+/* Counter keys come from a per-limiter memo after their first digest. 100 callers (more than the
+ * memo's slots, so slots are shared and overwritten) are admitted in an interleaved order, each
+ * as often as its number says; every caller's counter must then show exactly its own requests.
+ * Callers whose names make a preimage too long for the memo take the digest every time and must
+ * keep their counters too. */
+static void test_key_memo(void)
+{
+    env e;
+    env_open(&e, "{\"policies\":[{\"name\":\"per-user\",\"key\":[\"tid\",\"oid\"],\"requests_per_minute\":50},"
+                 "{\"name\":\"per-name\",\"key\":[\"name\"],\"requests_per_minute\":50}]}");
+    CHECK(e.lim != NULL);
+    if (!e.lim)
+        return;
+    enum { CALLERS = 100 };
+    static ag_identity ids[CALLERS];
+    for (int k = 0; k < CALLERS; k++) {
+        char oid[40];
+        snprintf(oid, sizeof oid, "%08x-aaaa-aaaa-aaaa-aaaaaaaaaaaa", (unsigned)k);
+        ids[k] = user(TID, oid, APP, "");
+        /* every third caller: a 200-character name, so that its per-name key is digested each time */
+        memset(ids[k].name, 'a' + k % 26, k % 3 == 0 ? 200 : 10);
+    }
+    int sent[CALLERS] = {0}, wrong = 0;
+    for (int round = 0; round < 8; round++)
+        for (int k = 0; k < CALLERS; k++) {
+            int c = (k * 37 + round * 11) % CALLERS;
+            if (sent[c] >= 1 + c % 7)
+                continue;
+            ag_limit_result r;
+            ag_limit_ticket *t = NULL;
+            if (admit(&e, e.cfg.policies, &ids[c], "gpt-4o", BODY108, &r, &t) != AG_LIMIT_DONE ||
+                r.verdict != AG_LIMIT_ADMITTED)
+                wrong++;
+            sent[c]++;
+            ag_limit_finish(t, 0);
+        }
+    /* one more each: its remaining count tells how many of this caller's requests its counter saw
+     * (per-user and per-name; callers sharing a name share the per-name counter, so compare the
+     * tighter of the two with what per-user alone must say) */
+    for (int c = 0; c < CALLERS; c++) {
+        ag_limit_result r;
+        ag_limit_ticket *t = NULL;
+        admit(&e, e.cfg.policies, &ids[c], "gpt-4o", BODY108, &r, &t);
+        int same_name = 0;
+        for (int o = 0; o < CALLERS; o++)
+            if (strcmp(ids[o].name, ids[c].name) == 0)
+                same_name += sent[o];
+        long long want = 50 - 1 - (same_name > sent[c] ? same_name : sent[c]);
+        if (!r.has_requests || r.remaining_requests != want)
+            wrong++;
+        sent[c]++;
+        ag_limit_finish(t, 0);
+    }
+    CHECK_INT(wrong, 0);
+    env_close(&e);
+}
+
 int main(void)
 {
     test_config();
@@ -528,5 +585,6 @@ int main(void)
     test_stacked_atomic();
     test_quota_403();
     test_reload_keeps_counters();
+    test_key_memo();
     return CHECK_DONE();
 }

@@ -73,7 +73,11 @@ size_t ag_utf8_valid_prefix(const unsigned char *s, size_t len)
 {
     size_t i = 0;
     while (i < len) {
-        /* ASCII runs eight bytes at a time (prompts are mostly ASCII). */
+        /* ASCII runs sixteen (SSE2) or eight bytes at a time (prompts are mostly ASCII). */
+#if defined(__SSE2__)
+        while (i + 16 <= len && !_mm_movemask_epi8(_mm_loadu_si128((const __m128i *)(const void *)(s + i))))
+            i += 16;
+#endif
         while (i + 8 <= len) {
             uint64_t w;
             memcpy(&w, s + i, 8);

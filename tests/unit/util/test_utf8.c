@@ -1,4 +1,4 @@
-/* ag_utf8_valid_prefix: its eight-bytes-at-a-time ASCII path must agree with a plain byte-by-byte
+/* ag_utf8_valid_prefix: its sixteen- and eight-bytes-at-a-time ASCII paths must agree with a plain byte-by-byte
  * reading of RFC 3629 on every input; and the boundaries it must reject. ag_json_plain_prefix:
  * its eight-bytes-at-a-time scan agrees with a byte loop. */
 #include <stdint.h>
